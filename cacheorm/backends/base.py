@@ -1,0 +1,191 @@
+"""The storage contract every backend implements, and the TTL rules they share.
+
+A backend moves ``bytes`` values under ``bytes`` keys. It knows nothing of
+records or formats. Every method raises :class:`cacheorm.BackendError` (chained
+to the driver's exception) when the server cannot be reached, and
+:class:`cacheorm.ValidationError` for an illegal TTL; no driver exception
+escapes a backend method.
+
+TTL rules, the same on every backend:
+
+* ``None``: the backend's ``default_ttl`` (``0`` unless configured);
+* ``0``: never expires;
+* a positive ``int``: seconds, any size (memcached values over 30 days are
+  converted to an absolute time by the memcached backend);
+* anything else (negative, ``float``, ``bool``): :class:`ValidationError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol, TypeAlias, runtime_checkable
+
+from cacheorm.errors import ValidationError
+
+__all__ = [
+    "KEEP_TTL",
+    "Backend",
+    "CasToken",
+    "Command",
+    "CommandOp",
+    "Keep",
+    "TTL",
+    "resolve_ttl",
+]
+
+
+class Keep(enum.Enum):
+    """Sentinel type for :data:`KEEP_TTL`."""
+
+    TTL = "keep-ttl"
+
+
+KEEP_TTL: Final = Keep.TTL
+"""Passed as ``ttl`` to :meth:`Backend.cas`: keep the entry's remaining lifetime."""
+
+TTL: TypeAlias = int | None
+CasToken: TypeAlias = object
+"""Opaque value returned by :meth:`Backend.gets` and passed back to :meth:`Backend.cas`."""
+
+
+def resolve_ttl(ttl: object, default: int) -> int:
+    """Validate a TTL and apply the backend default.
+
+    Args:
+        ttl: ``None`` for the default, ``0`` for never, or positive seconds.
+        default: the backend's default TTL, used when ``ttl`` is ``None``.
+
+    Returns:
+        The TTL in whole seconds, ``0`` meaning never expires.
+
+    Raises:
+        ValidationError: ``ttl`` is negative, not an ``int``, or a ``bool``.
+    """
+    if ttl is None:
+        return default
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise ValidationError(
+            f"ttl must be None, 0 (never expires) or a positive int of seconds, got {ttl!r}"
+        )
+    if ttl < 0:
+        raise ValidationError(f"ttl must not be negative, got {ttl}")
+    return ttl
+
+
+CommandOp: TypeAlias = Literal[
+    "get", "gets", "set", "add", "replace", "cas", "delete", "has", "touch", "incr"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One storage command inside :meth:`Backend.batch`.
+
+    Results, by ``op``: ``get`` -> ``bytes | None``; ``gets`` ->
+    ``tuple[bytes, CasToken] | None``; ``set`` -> ``True``; ``add``,
+    ``replace``, ``cas``, ``delete``, ``has``, ``touch`` -> ``bool``; ``incr``
+    -> ``int`` (``delta`` may be negative).
+    """
+
+    op: CommandOp
+    key: bytes
+    value: bytes = b""
+    ttl: int | None | Keep = None
+    token: CasToken = None
+    delta: int = 0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What cacheorm needs from a store. All five backends implement it.
+
+    ``incr``/``decr`` treat a missing key as ``0`` and may go below zero on every
+    backend. A counter's value is stored as ASCII decimal digits.
+    """
+
+    default_ttl: int
+
+    def get(self, key: bytes) -> bytes | None:
+        """Return the value, or ``None`` when the key is absent or expired."""
+        ...
+
+    def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
+        """Store ``value`` unconditionally."""
+        ...
+
+    def add(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
+        """Store only if absent, atomically. Return whether it was stored."""
+        ...
+
+    def replace(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
+        """Store only if present. Return whether it was stored."""
+        ...
+
+    def delete(self, key: bytes) -> bool:
+        """Remove the key. Return whether it existed."""
+        ...
+
+    def has(self, key: bytes) -> bool:
+        """Return whether the key is present (and not expired)."""
+        ...
+
+    def get_many(self, *keys: bytes) -> list[bytes | None]:
+        """Return the values in key order, ``None`` for each missing key."""
+        ...
+
+    def set_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> None:
+        """Store every pair unconditionally."""
+        ...
+
+    def replace_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> list[bool]:
+        """Replace each present key; return, in mapping order, whether each was stored."""
+        ...
+
+    def delete_many(self, *keys: bytes) -> int:
+        """Remove the keys; return how many existed."""
+        ...
+
+    def incr(self, key: bytes, delta: int = 1) -> int:
+        """Add ``delta`` to the counter atomically and return the new value."""
+        ...
+
+    def decr(self, key: bytes, delta: int = 1) -> int:
+        """Subtract ``delta`` from the counter atomically and return the new value."""
+        ...
+
+    def touch(self, key: bytes, ttl: TTL = None) -> bool:
+        """Reset the key's TTL. Return whether the key exists."""
+        ...
+
+    def gets(self, key: bytes) -> tuple[bytes, CasToken] | None:
+        """Return the value with a compare-and-set token, or ``None`` when absent."""
+        ...
+
+    def cas(
+        self, key: bytes, value: bytes, token: CasToken, ttl: int | None | Keep = KEEP_TTL
+    ) -> bool:
+        """Store ``value`` only if the key is unchanged since ``gets`` returned ``token``.
+
+        ``ttl=KEEP_TTL`` keeps the entry's remaining lifetime. Returns ``False`` when
+        the key changed or disappeared in between (nothing was written).
+        """
+        ...
+
+    def delete_if(self, key: bytes, token: CasToken) -> bool:
+        """Delete the key only if unchanged since ``gets`` returned ``token``."""
+        ...
+
+    def batch(self, commands: Sequence[Command]) -> list[object]:
+        """Run the commands in as few round trips as the store allows.
+
+        Results are returned in order; a command that failed on its own has the
+        exception (a :class:`cacheorm.CacheORMError`) in its slot instead of
+        raising, so one bad command does not hide the others' results.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections and other resources. The backend is unusable after."""
+        ...

@@ -1,0 +1,2 @@
+class FileSystemBackend:  # placeholder
+    pass

@@ -1,0 +1,5 @@
+class MemoryBackend:  # placeholder
+    pass
+
+
+SimpleBackend = MemoryBackend

@@ -1,0 +1,2 @@
+class RedisBackend:  # placeholder
+    pass

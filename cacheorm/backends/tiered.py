@@ -1,0 +1,2 @@
+class TieredBackend:  # placeholder
+    pass

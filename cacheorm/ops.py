@@ -1,0 +1,2 @@
+def execute() -> None:  # placeholder
+    pass

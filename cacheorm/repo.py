@@ -1,0 +1,6 @@
+class Repo:  # placeholder
+    pass
+
+
+def on() -> None:
+    pass

@@ -1,0 +1,36 @@
+"""The serializer contract and the primitive values it carries.
+
+A serializer turns primitives (what a schema's fields produce) into bytes and
+back. It knows nothing of records or servers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeAlias, runtime_checkable
+
+__all__ = ["Payload", "Primitive", "Serializer"]
+
+Primitive: TypeAlias = (
+    str | int | float | bool | None | bytes | list["Primitive"] | dict[str, "Primitive"]
+)
+"""A format-neutral value: what fields produce and serializers carry."""
+
+Payload: TypeAlias = dict[str, Primitive]
+"""One record as primitives: field name to primitive value."""
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Anything with ``dumps`` and ``loads`` is a serializer.
+
+    ``loads`` raises :class:`cacheorm.DecodeError` (chained to the library's own
+    exception) for bytes it cannot decode; it never lets another exception out.
+    """
+
+    def dumps(self, obj: Primitive) -> bytes:
+        """Encode primitives to bytes. Equal input gives equal output."""
+        ...
+
+    def loads(self, data: bytes) -> Primitive:
+        """Decode bytes produced by :meth:`dumps`."""
+        ...

@@ -1,0 +1,10 @@
+class JSONSerializer:  # placeholder
+    pass
+
+
+class MsgpackSerializer:  # placeholder
+    pass
+
+
+class PickleSerializer:  # placeholder
+    pass

@@ -1,0 +1,6 @@
+def compressed() -> None:  # placeholder
+    pass
+
+
+def signed() -> None:  # placeholder
+    pass
