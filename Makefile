@@ -4,13 +4,23 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest servers bench wheel-check clean
+.PHONY: demo test lint typecheck pytest servers bench wheel-check proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[all,dev]'
 	touch $(STAMP)
+
+# Test-only protobuf modules (and .pyi stubs) compiled from tests/protos/*.proto.
+PROTO_STAMP := tests/proto_gen/.stamp
+$(PROTO_STAMP): $(STAMP) $(wildcard tests/protos/*.proto)
+	mkdir -p tests/proto_gen
+	touch tests/proto_gen/__init__.py
+	$(PY) -m grpc_tools.protoc -I tests/protos --python_out=tests/proto_gen --pyi_out=tests/proto_gen $(wildcard tests/protos/*.proto)
+	touch $(PROTO_STAMP)
+
+proto: $(PROTO_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m cacheorm.demo
@@ -24,10 +34,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(STAMP) $(PROTO_STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) servers
+pytest: $(STAMP) $(PROTO_STAMP) servers
 	$(VENV)/bin/pytest
 
 wheel-check: $(STAMP)
@@ -39,4 +49,4 @@ bench: $(STAMP) servers
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) tests/proto_gen build dist .mypy_cache .pytest_cache .ruff_cache .hypothesis
