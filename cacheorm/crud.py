@@ -1,57 +1,507 @@
-# placeholder
+"""The record functions: ``insert``, ``get``, ``update``, ``delete`` and friends.
+
+Each public function is a thin driver over a *plan* (see :mod:`cacheorm.engine`):
+the plan says which storage commands to send and what to make of the answers;
+``co.execute`` runs the very same plans in pipelines. All functions take the
+repo first and positionally, never mutate their inputs, and return new records.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import TypeVar
+
+from typing_extensions import TypeVar as TypeVarWithDefault
+
+from cacheorm.backends.base import KEEP_TTL, Command, CommandOp
+from cacheorm.engine import Plan, plan_all, run_one
+from cacheorm.errors import (
+    AlreadyExists,
+    CacheORMError,
+    ConflictError,
+    DecodeError,
+    NotFound,
+    ValidationError,
+)
+from cacheorm.repo import Event, Repo
+
+__all__ = [
+    "add",
+    "delete",
+    "delete_many",
+    "exists",
+    "get",
+    "get_many",
+    "get_or_load",
+    "get_or_none",
+    "insert",
+    "insert_many",
+    "modify",
+    "replace",
+    "update",
+    "update_many",
+]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+T = TypeVar("T")
+K = TypeVarWithDefault("K", default=Hashable)
+
+MAX_CAS_ATTEMPTS = 100
+"""Attempts of an atomic read-modify-write before :class:`ConflictError`."""
 
 
-def add() -> None:
-    pass
+# --------------------------------------------------------------------------- helpers
 
 
-def delete() -> None:
-    pass
+def _check(result: object) -> object:
+    """Raise a per-command error that a backend's ``batch`` put in a result slot."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
-def delete_many() -> None:
-    pass
+def _encode(repo: Repo[R, K], record: R) -> bytes:
+    return repo.serializer.dumps(repo.schema.dump(record))
 
 
-def exists() -> None:
-    pass
+def _decode(repo: Repo[R, K], raw: bytes, key: object) -> R:
+    try:
+        payload = repo.serializer.loads(raw)
+    except CacheORMError as err:
+        raise DecodeError(f"{repo.schema.name} key {key!r}: {err}") from err
+    except Exception as err:  # a user-supplied serializer may raise anything
+        raise DecodeError(f"{repo.schema.name} key {key!r}: cannot decode payload: {err}") from err
+    return repo.schema.load(payload, key)
 
 
-def get() -> None:
-    pass
+def _before(repo: Repo[R, K], event: Event, record: R) -> R:
+    for handler in repo.handlers[event]:
+        replacement = handler(repo, record)
+        if replacement is not None:
+            record = repo.schema.prepare(replacement)  # type: ignore[arg-type]  # checked by prepare
+    return record
 
 
-def get_many() -> None:
-    pass
+def _notify(repo: Repo[R, K], event: Event, subject: object) -> None:
+    for handler in repo.handlers[event]:
+        handler(repo, subject)
 
 
-def get_or_load() -> None:
-    pass
+def _ttl(repo: Repo[R, K]) -> int | None:
+    return repo.ttl
 
 
-def get_or_none() -> None:
-    pass
+def _backoff(attempt: int) -> None:
+    # Full jitter: spreads contending writers so one of them wins each round.
+    time.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
 
 
-def insert() -> None:
-    pass
+def _miss_mode(repo: Repo[R, K]) -> bool:
+    return repo.on_backend_error == "miss"
 
 
-def insert_many() -> None:
-    pass
+# --------------------------------------------------------------------------- plans
 
 
-def modify() -> None:
-    pass
+def plan_insert(repo: Repo[R, K], record: R, *, only_new: bool = False) -> Plan[R]:
+    """Upsert one record (``only_new``: ``add`` semantics)."""
+    schema = repo.schema
+    stored = schema.prepare(record)
+    if schema.auto_key and schema.key_of(stored) is None:
+        (n,) = yield [Command("incr", schema.counter_key(repo.namespace), delta=1)]
+        stored = schema.with_key(stored, _as_int(_check(n)))
+    stored = _before(repo, "before_insert", stored)
+    key = schema.encode_key(schema.key_of(stored), repo.namespace)
+    op: CommandOp = "add" if only_new else "set"
+    (ok,) = yield [Command(op, key, _encode(repo, stored), ttl=_ttl(repo))]
+    if not _check(ok):
+        raise AlreadyExists(f"{schema.name} {schema.key_of(stored)!r} already exists")
+    _notify(repo, "after_insert", stored)
+    return stored
 
 
-def replace() -> None:
-    pass
+def plan_insert_many(repo: Repo[R, K], records: Iterable[R]) -> Plan[list[R]]:
+    """Upsert several records: one counter call for auto keys, one write call."""
+    schema = repo.schema
+    stored = [schema.prepare(r) for r in records]
+    if schema.auto_key:
+        missing = [i for i, r in enumerate(stored) if schema.key_of(r) is None]
+        if missing:
+            counter = schema.counter_key(repo.namespace)
+            (last,) = yield [Command("incr", counter, delta=len(missing))]
+            first = _as_int(_check(last)) - len(missing) + 1
+            for offset, i in enumerate(missing):
+                stored[i] = schema.with_key(stored[i], first + offset)
+    stored = [_before(repo, "before_insert", r) for r in stored]
+    if not stored:
+        return []
+    ttl = _ttl(repo)
+    ns = repo.namespace
+    commands = [
+        Command("set", schema.encode_key(schema.key_of(r), ns), _encode(repo, r), ttl=ttl)
+        for r in stored
+    ]
+    for result in (yield commands):
+        _check(result)
+    for r in stored:
+        _notify(repo, "after_insert", r)
+    return stored
 
 
-def update() -> None:
-    pass
+def plan_get_or_none(repo: Repo[R, K], key: K) -> Plan[R | None]:
+    """Read one record, ``None`` when missing."""
+    (raw,) = yield [Command("get", repo.schema.encode_key(key, repo.namespace))]
+    if raw is None:
+        return None
+    return _decode(repo, _as_bytes(_check(raw)), key)
 
 
-def update_many() -> None:
-    pass
+def plan_get(repo: Repo[R, K], key: K) -> Plan[R]:
+    """Read one record; :class:`NotFound` when missing."""
+    record = yield from plan_get_or_none(repo, key)
+    if record is None:
+        raise NotFound(f"{repo.schema.name} {key!r} not found")
+    return record
+
+
+def plan_get_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[list[R | None]]:
+    """Read several records in key order, ``None`` for each missing one."""
+    keys = list(keys)
+    if not keys:
+        return []
+    encode, ns = repo.schema.encode_key, repo.namespace
+    raws = yield [Command("get", encode(k, ns)) for k in keys]
+    return [
+        None if raw is None else _decode(repo, _as_bytes(_check(raw)), k)
+        for k, raw in zip(keys, raws, strict=True)
+    ]
+
+
+def plan_exists(repo: Repo[R, K], key: K) -> Plan[bool]:
+    """Whether a record is stored under ``key``."""
+    (found,) = yield [Command("has", repo.schema.encode_key(key, repo.namespace))]
+    return bool(_check(found))
+
+
+def _plan_rmw(repo: Repo[R, K], key: K, change: Callable[[R], R]) -> Plan[R]:
+    """Atomic read-modify-write on the backend's compare-and-set, with retries."""
+    schema = repo.schema
+    bkey = schema.encode_key(key, repo.namespace)
+    ttl = repo.ttl if repo.refresh_ttl_on_update else KEEP_TTL
+    for attempt in range(MAX_CAS_ATTEMPTS):
+        (got,) = yield [Command("gets", bkey)]
+        if _check(got) is None:
+            raise NotFound(f"{schema.name} {key!r} not found")
+        raw, token = _as_pair(got)
+        new = change(_decode(repo, raw, key))
+        new = _before(repo, "before_update", new)
+        if schema.key_of(new) != key:
+            raise ValidationError(
+                f"{schema.name} {key!r}: an update cannot change the key "
+                f"(got {schema.key_of(new)!r}); insert a new record and delete the old one"
+            )
+        (ok,) = yield [Command("cas", bkey, _encode(repo, new), ttl=ttl, token=token)]
+        if _check(ok):
+            _notify(repo, "after_update", new)
+            return new
+        _backoff(attempt)
+    raise ConflictError(
+        f"{schema.name} {key!r}: gave up after {MAX_CAS_ATTEMPTS} attempts under contention"
+    )
+
+
+def plan_update(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> Plan[R]:
+    """Change the named fields of one record atomically."""
+    schema = repo.schema
+    unknown = sorted(set(changes) - set(schema.field_names))
+    if unknown:
+        raise ValidationError(
+            f"{schema.name} has no field(s) {', '.join(unknown)}; "
+            f"fields are {', '.join(schema.field_names)}"
+        )
+    changes = dict(changes)
+    return (yield from _plan_rmw(repo, key, lambda old: schema.evolve(old, changes)))
+
+
+def plan_modify(repo: Repo[R, K], key: K, fn: Callable[[R], R]) -> Plan[R]:
+    """Replace one record by ``fn(old)`` atomically."""
+    return (yield from _plan_rmw(repo, key, lambda old: repo.schema.prepare(fn(old))))
+
+
+def _or_none(plan: Plan[T]) -> Plan[T | None]:
+    try:
+        return (yield from plan)
+    except NotFound:
+        return None
+
+
+def plan_update_many(
+    repo: Repo[R, K], changes: Mapping[K, Mapping[str, object]]
+) -> Plan[list[R | None]]:
+    """Update several records: all reads in one phase, all writes in the next."""
+    updates = [plan_update(repo, key, fields) for key, fields in changes.items()]
+    results = yield from plan_all([_or_none(update) for update in updates])
+    out: list[R | None] = []
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+        out.append(result)
+    return out
+
+
+def plan_replace(repo: Repo[R, K], record: R) -> Plan[R]:
+    """Overwrite an existing record; :class:`NotFound` when absent."""
+    schema = repo.schema
+    stored = _before(repo, "before_update", schema.prepare(record))
+    key = schema.key_of(stored)
+    (ok,) = yield [
+        Command(
+            "replace",
+            schema.encode_key(key, repo.namespace),
+            _encode(repo, stored),
+            ttl=_ttl(repo),
+        )
+    ]
+    if not _check(ok):
+        raise NotFound(f"{schema.name} {key!r} not found")
+    _notify(repo, "after_update", stored)
+    return stored
+
+
+def plan_delete(repo: Repo[R, K], key: K) -> Plan[bool]:
+    """Delete one record; whether it existed."""
+    bkey = repo.schema.encode_key(key, repo.namespace)
+    _notify(repo, "before_delete", key)
+    (existed,) = yield [Command("delete", bkey)]
+    _notify(repo, "after_delete", key)
+    return bool(_check(existed))
+
+
+def plan_delete_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[int]:
+    """Delete several records; how many existed."""
+    keys = list(keys)
+    if not keys:
+        return 0
+    encode, ns = repo.schema.encode_key, repo.namespace
+    bkeys = [encode(k, ns) for k in keys]
+    for k in keys:
+        _notify(repo, "before_delete", k)
+    results = yield [Command("delete", b) for b in bkeys]
+    for k in keys:
+        _notify(repo, "after_delete", k)
+    return sum(1 for r in results if _check(r))
+
+
+def plan_get_or_load(
+    repo: Repo[R, K],
+    key: K,
+    loader: Callable[[K], R],
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+) -> Plan[R]:
+    """Read-through with stampede protection (see :func:`get_or_load`)."""
+    schema = repo.schema
+    bkey = schema.encode_key(key, repo.namespace)
+    lock = bkey + b"\x00lock"
+    token = secrets.token_bytes(16)
+    deadline = time.monotonic() + wait
+    attempt = 0
+    while True:
+        found = yield from _plan_read_valid(repo, bkey, key)
+        if found is not None:
+            return found
+        (locked,) = yield [Command("add", lock, token, ttl=lock_ttl)]
+        if _check(locked):
+            try:
+                # Another caller may have stored it between our read and our lock.
+                found = yield from _plan_read_valid(repo, bkey, key)
+                if found is not None:
+                    return found
+                return (yield from plan_insert(repo, loader(key)))
+            finally:
+                yield from _plan_release(lock, token)
+        if time.monotonic() >= deadline:
+            logger.warning(
+                "get_or_load %s %r: lock holder still busy after %.1fs; loading without the lock",
+                schema.name,
+                key,
+                wait,
+            )
+            return (yield from plan_insert(repo, loader(key)))
+        time.sleep(min(0.05, 0.002 * 2**attempt))
+        attempt += 1
+
+
+def _plan_read_valid(repo: Repo[R, K], bkey: bytes, key: K) -> Plan[R | None]:
+    """Read a record; an undecodable payload counts as a miss (and is overwritten later)."""
+    (raw,) = yield [Command("get", bkey)]
+    if _check(raw) is None:
+        return None
+    try:
+        return _decode(repo, _as_bytes(raw), key)
+    except DecodeError:
+        logger.warning("%s %r: undecodable payload treated as a miss", repo.schema.name, key)
+        return None
+
+
+def _plan_release(lock: bytes, token: bytes) -> Plan[None]:
+    """Delete the stampede lock only if we still own it."""
+    (got,) = yield [Command("gets", lock)]
+    if got is not None and not isinstance(got, BaseException):
+        value, cas_token = _as_pair(got)
+        if value == token:
+            yield [Command("delete_if", lock, token=cas_token)]
+    return None
+
+
+def _as_bytes(value: object) -> bytes:
+    assert isinstance(value, bytes), value
+    return value
+
+
+def _as_int(value: object) -> int:
+    assert isinstance(value, int), value
+    return value
+
+
+def _as_pair(value: object) -> tuple[bytes, object]:
+    assert isinstance(value, tuple), value
+    raw, token = value
+    return _as_bytes(raw), token
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def insert(repo: Repo[R, K], record: R, /) -> R:
+    """Store a record (insert or overwrite) and return it as stored.
+
+    Defaults are applied and an ``AutoField`` key is assigned when it is ``None``.
+
+    Raises:
+        ValidationError: the record is not of the repo's type or a value cannot be stored.
+        BackendError: the server is unreachable.
+    """
+    return run_one(repo.backend, plan_insert(repo, record), _miss_mode(repo))
+
+
+def insert_many(repo: Repo[R, K], records: Iterable[R], /) -> list[R]:
+    """Store several records in one round trip; return them as stored, in order."""
+    return run_one(repo.backend, plan_insert_many(repo, records), _miss_mode(repo))
+
+
+def add(repo: Repo[R, K], record: R, /) -> R:
+    """Store a record only if its key is absent (atomically).
+
+    Raises:
+        AlreadyExists: a record with that key is already stored.
+    """
+    return run_one(repo.backend, plan_insert(repo, record, only_new=True), _miss_mode(repo))
+
+
+def get(repo: Repo[R, K], key: K, /) -> R:
+    """Return the record stored under ``key``.
+
+    Raises:
+        NotFound: no record under ``key`` (a ``LookupError``).
+        DecodeError: the stored bytes are not a valid record of this schema.
+    """
+    return run_one(repo.backend, plan_get(repo, key), _miss_mode(repo))
+
+
+def get_or_none(repo: Repo[R, K], key: K, /) -> R | None:
+    """Return the record stored under ``key``, or ``None``."""
+    plan = plan_get_or_none(repo, key)
+    return run_one(repo.backend, plan, _miss_mode(repo))
+
+
+def get_many(repo: Repo[R, K], keys: Iterable[K], /) -> list[R | None]:
+    """Return the records in key order, ``None`` where missing, in one round trip."""
+    return run_one(repo.backend, plan_get_many(repo, keys), _miss_mode(repo))
+
+
+def exists(repo: Repo[R, K], key: K, /) -> bool:
+    """Return whether a record is stored under ``key``."""
+    return run_one(repo.backend, plan_exists(repo, key), _miss_mode(repo))
+
+
+def update(repo: Repo[R, K], key: K, /, **changes: object) -> R:
+    """Change only the named fields of a stored record, atomically; return the new record.
+
+    Concurrent writers never lose each other's changes: the write is a
+    compare-and-set retried on conflict. The record's remaining TTL is kept
+    unless the repo has ``refresh_ttl_on_update=True``.
+
+    Raises:
+        NotFound: no record under ``key`` (nothing is created).
+        ValidationError: an unknown field or a value its field cannot store.
+        ConflictError: still conflicting after ``MAX_CAS_ATTEMPTS`` attempts.
+    """
+    return run_one(repo.backend, plan_update(repo, key, changes), _miss_mode(repo))
+
+
+def modify(repo: Repo[R, K], key: K, fn: Callable[[R], R], /) -> R:
+    """Replace the record under ``key`` by ``fn(old)`` atomically; return the new record.
+
+    ``fn`` may be called more than once under contention; it must be pure.
+    """
+    return run_one(repo.backend, plan_modify(repo, key, fn), _miss_mode(repo))
+
+
+def update_many(repo: Repo[R, K], changes: Mapping[K, Mapping[str, object]], /) -> list[R | None]:
+    """Apply ``{key: {field: value}}`` atomically per record; ``None`` where missing.
+
+    All reads go in one round trip and all writes in another.
+    """
+    return run_one(repo.backend, plan_update_many(repo, changes), _miss_mode(repo))
+
+
+def replace(repo: Repo[R, K], record: R, /) -> R:
+    """Overwrite an existing record.
+
+    Raises:
+        NotFound: no record with that key is stored.
+    """
+    return run_one(repo.backend, plan_replace(repo, record), _miss_mode(repo))
+
+
+def delete(repo: Repo[R, K], key: K, /) -> bool:
+    """Delete the record under ``key``; return whether it existed."""
+    return run_one(repo.backend, plan_delete(repo, key), _miss_mode(repo))
+
+
+def delete_many(repo: Repo[R, K], keys: Iterable[K], /) -> int:
+    """Delete several records in one round trip; return how many existed."""
+    return run_one(repo.backend, plan_delete_many(repo, keys), _miss_mode(repo))
+
+
+def get_or_load(
+    repo: Repo[R, K],
+    key: K,
+    loader: Callable[[K], R],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+) -> R:
+    """Return the stored record, or load, store and return it on a miss.
+
+    On a miss exactly one caller (across threads and processes sharing the
+    backend) runs ``loader(key)``: it takes a short-lived lock key with an atomic
+    ``add``, and only the owner releases it. Others poll for the stored result
+    for up to ``wait`` seconds, then load it themselves. An exception from
+    ``loader`` reaches its caller and releases the lock. A payload that cannot
+    be decoded counts as a miss and is overwritten.
+
+    Args:
+        lock_ttl: seconds after which a crashed owner's lock expires.
+        wait: seconds a caller waits for another caller's load.
+    """
+    plan = plan_get_or_load(repo, key, loader, lock_ttl, wait)
+    return run_one(repo.backend, plan, _miss_mode(repo))

@@ -1,2 +1,759 @@
-class Schema:  # placeholder
-    pass
+"""Schema: a record type compiled into per-field converters, a key and defaults.
+
+``Schema(Person, key="name")`` reads the record's annotations once, picks a
+field rule for each (``fields=`` overrides one), checks ``defaults=`` and the
+key, and compiles everything the hot path needs into tuples of bound methods:
+no ``get_type_hints``, ``inspect`` or ``isinstance`` chains per call.
+
+Record types: ``typing.NamedTuple``, ``typing.TypedDict`` (total or not) and
+``@dataclass(frozen=True)``; nested records of any of these kinds, lists and
+``dict[str, T]`` of them, and ``T | None``.
+
+>>> from typing import NamedTuple
+>>> class Person(NamedTuple):
+...     name: str
+...     height: float
+>>> PERSON = Schema(Person, key="name")
+>>> PERSON.dump(PERSON.prepare(Person("Sam", 178)))
+{'name': 'Sam', 'height': 178.0}
+>>> PERSON.load({"name": "Sam", "height": 178.0, "retired": "ignored"})
+Person(name='Sam', height=178.0)
+>>> PERSON.encode_key("Sam", namespace="app")
+b'app/Person:Sam'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import types
+import typing
+import uuid
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from decimal import Decimal
+from operator import attrgetter, itemgetter
+from typing import Generic, NoReturn, TypeVar, cast, get_args, get_origin
+
+from typing_extensions import TypeVar as DefaultTypeVar
+
+from cacheorm.errors import DecodeError, SchemaError, ValidationError
+from cacheorm.fields import (
+    AutoField,
+    BinaryField,
+    BooleanField,
+    DateField,
+    DateTimeField,
+    DecimalField,
+    DictField,
+    EnumField,
+    Field,
+    FieldValidationError,
+    FloatField,
+    IntegerField,
+    JSONField,
+    ListField,
+    NullableField,
+    StringField,
+    TimeField,
+    UUIDField,
+)
+from cacheorm.keys import KeyCodec, KeyFormat
+
+if typing.TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    from cacheorm.serializers.base import Payload, Primitive
+
+__all__ = ["RecordField", "Schema"]
+
+R = TypeVar("R")
+K = DefaultTypeVar("K", default=Hashable)
+
+
+class _Missing(enum.Enum):
+    MISSING = "missing"
+
+
+_MISSING = _Missing.MISSING
+
+_SIMPLE_FIELDS: Mapping[object, Callable[[], Field[object]]] = {
+    str: StringField,
+    int: IntegerField,
+    float: FloatField,
+    bool: BooleanField,
+    bytes: BinaryField,
+    Decimal: DecimalField,
+    dt.datetime: DateTimeField,
+    dt.date: DateField,
+    dt.time: TimeField,
+    uuid.UUID: UUIDField,
+    typing.Any: JSONField,
+}
+
+
+class _Kind(enum.Enum):
+    NAMEDTUPLE = "NamedTuple"
+    TYPEDDICT = "TypedDict"
+    DATACLASS = "dataclass"
+
+
+def _kind_of(tp: object) -> _Kind | None:
+    if isinstance(tp, type):
+        if issubclass(tp, tuple) and hasattr(tp, "_fields"):
+            return _Kind.NAMEDTUPLE
+        if typing.is_typeddict(tp):
+            return _Kind.TYPEDDICT
+        if dataclasses.is_dataclass(tp):
+            return _Kind.DATACLASS
+    return None
+
+
+class _LoadError(ValueError):
+    """Internal: a payload cannot become the record; ``path`` says where."""
+
+    def __init__(self, path: tuple[str, ...], reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(reason)
+
+    def where(self) -> str:
+        return ".".join(self.path) if self.path else "payload"
+
+
+Default = Callable[[], object]
+
+
+def _constant(value: object) -> Default:
+    return lambda: value
+
+
+class _RecordCodec:
+    """The compiled conversion of one record type (top level or nested)."""
+
+    __slots__ = (
+        "build",
+        "fields",
+        "kind",
+        "load_defaults",
+        "name_set",
+        "names",
+        "plan",
+        "record_type",
+        "required",
+        "to_convert",
+        "to_load",
+        "values_of",
+    )
+
+    def __init__(
+        self,
+        record_type: type[object],
+        *,
+        overrides: Mapping[str, Field[object]],
+        defaults: Mapping[str, object],
+        building: frozenset[type[object]],
+        label: str,
+    ) -> None:
+        kind = _kind_of(record_type)
+        if kind is None:
+            raise SchemaError(
+                f"{label}: {record_type!r} is not a record type; use a NamedTuple, "
+                "a TypedDict or a @dataclass(frozen=True)"
+            )
+        self.kind = kind
+        self.record_type = record_type
+        building = building | {record_type}
+        try:
+            hints = typing.get_type_hints(record_type)
+        except Exception as err:
+            raise SchemaError(
+                f"{label}: cannot resolve the annotations of {record_type.__name__}: {err}"
+            ) from err
+        record_defaults: dict[str, Default] = {}
+        record_constants: dict[str, object] = {}
+        if kind is _Kind.NAMEDTUPLE:
+            names = tuple(cast("tuple[str, ...]", record_type._fields))  # type: ignore[attr-defined]  # NamedTuple
+            for field_name, value in record_type._field_defaults.items():  # type: ignore[attr-defined]  # NamedTuple
+                record_defaults[field_name] = _constant(value)
+                record_constants[field_name] = value
+            required = frozenset(names)
+        elif kind is _Kind.TYPEDDICT:
+            names = tuple(hints)
+            required = frozenset(record_type.__required_keys__)  # type: ignore[attr-defined]  # TypedDict
+        else:
+            params = record_type.__dataclass_params__  # type: ignore[attr-defined]  # dataclass
+            if not params.frozen:
+                raise SchemaError(
+                    f"{label}: dataclass {record_type.__name__} is mutable; "
+                    "declare it @dataclass(frozen=True)"
+                )
+            dc_fields = [
+                f
+                for f in dataclasses.fields(cast("type[DataclassInstance]", record_type))
+                if f.init
+            ]
+            names = tuple(f.name for f in dc_fields)
+            for f in dc_fields:
+                if f.default is not dataclasses.MISSING:
+                    record_defaults[f.name] = _constant(f.default)
+                    record_constants[f.name] = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    record_defaults[f.name] = f.default_factory
+            required = frozenset(names)
+        self.names = names
+        self.name_set = frozenset(names)
+        self.required = required
+        for what, given in (("fields", overrides), ("defaults", defaults)):
+            unknown = sorted(set(given) - self.name_set)
+            if unknown:
+                raise SchemaError(
+                    f"{label}: {what}= names {unknown}, which {record_type.__name__} does not "
+                    f"have; its fields are {', '.join(names)}"
+                )
+
+        rules: dict[str, Field[object]] = {}
+        for field_name in names:
+            annotation = hints[field_name]
+            override = overrides.get(field_name)
+            where = f"{label}.{field_name}"
+            if override is not None:
+                if not isinstance(override, Field):
+                    raise SchemaError(f"{where}: fields= value {override!r} is not a Field")
+                rule = override
+                if _is_optional(annotation) and not isinstance(override, NullableField):
+                    rule = NullableField(override)
+            else:
+                rule = _infer(annotation, where, building)
+            rules[field_name] = rule
+        self.fields: Mapping[str, Field[object]] = types.MappingProxyType(rules)
+
+        schema_defaults: dict[str, Default] = {}
+        for field_name, value in defaults.items():
+            if callable(value):
+                schema_defaults[field_name] = value
+                continue
+            try:
+                rules[field_name].prepare(value)
+            except ValidationError as err:
+                raise SchemaError(
+                    f"{label}.{field_name}: default {value!r} cannot be stored: {err}; "
+                    "pass a value of the field's type or a zero-argument callable"
+                ) from err
+            schema_defaults[field_name] = _constant(value)
+        for field_name, value in record_constants.items():
+            # A record default of None is a common "not set yet" marker that a
+            # schema default fills; any other constant must be storable.
+            if field_name in schema_defaults or value is None:
+                continue
+            try:
+                rules[field_name].prepare(value)
+            except ValidationError as err:
+                raise SchemaError(
+                    f"{label}.{field_name}: the record's default {value!r} cannot be stored: "
+                    f"{err}; fix the annotation or the default"
+                ) from err
+
+        # Write plan: (name, prepare, default-or-None, required) per field.
+        self.plan = tuple(
+            (n, rules[n].prepare, schema_defaults.get(n), n in required) for n in names
+        )
+        # Load: schema defaults first, then the record type's own defaults.
+        self.load_defaults = {**record_defaults, **schema_defaults}
+        self.to_load = tuple((n, rules[n].load) for n in names)
+        self.to_convert = tuple((n, rules[n].dump) for n in names if not rules[n].dump_is_identity)
+        self.values_of = self._compile_values_of()
+        self.build = self._compile_build()
+
+    def _compile_values_of(self) -> Callable[[object], Sequence[object]]:
+        if self.kind is _Kind.NAMEDTUPLE:
+            return cast("Callable[[object], Sequence[object]]", tuple)
+        if len(self.names) == 1:
+            (only,) = self.names
+            return lambda record: (getattr(record, only),)
+        return cast("Callable[[object], Sequence[object]]", attrgetter(*self.names))
+
+    def _compile_build(self) -> Callable[[Sequence[object]], object]:
+        cls = self.record_type
+        names = self.names
+        if self.kind is _Kind.NAMEDTUPLE:
+            return lambda values: tuple.__new__(cls, values)  # type: ignore[type-var]  # NamedTuple
+        if self.kind is _Kind.TYPEDDICT:
+            return lambda values: {
+                n: v for n, v in zip(names, values, strict=True) if v is not _MISSING
+            }
+        dc_fields = dataclasses.fields(cast("type[DataclassInstance]", cls))
+        keyword_only = any(f.kw_only for f in dc_fields if f.init)
+        if keyword_only:
+            return lambda values: cls(**dict(zip(names, values, strict=True)))
+        return lambda values: cls(*values)
+
+    # -- write side ---------------------------------------------------------
+
+    def prepare(self, record: object) -> object:
+        """Validate, apply defaults and normalise; returns a new record."""
+        cls = self.record_type
+        if self.kind is _Kind.TYPEDDICT:
+            if not isinstance(record, dict):
+                raise ValidationError(
+                    f"expected a {cls.__name__} dict, got {type(record).__name__}"
+                )
+            extra = record.keys() - self.name_set
+            if extra:
+                raise FieldValidationError(
+                    (str(sorted(extra, key=str)[0]),),
+                    f"{cls.__name__} has no such field; its fields are {', '.join(self.names)}",
+                )
+            out: dict[str, object] = {}
+            for name, prepare, default, required in self.plan:
+                value = record.get(name, _MISSING)
+                if value is None or value is _MISSING:
+                    if default is not None:
+                        value = default()
+                    elif value is _MISSING:
+                        if required:
+                            raise FieldValidationError((name,), "required field is missing")
+                        continue
+                try:
+                    out[name] = prepare(value)
+                except ValidationError as err:
+                    raise _prefixed(err, name) from err
+            return out
+        if not isinstance(record, cls):
+            raise ValidationError(f"expected a {cls.__name__}, got {type(record).__name__}")
+        values = list(self.values_of(record))
+        for index, (name, prepare, default, _) in enumerate(self.plan):
+            value = values[index]
+            if value is None and default is not None:
+                value = default()
+            try:
+                values[index] = prepare(value)
+            except ValidationError as err:
+                raise _prefixed(err, name) from err
+        try:
+            return self.build(values)
+        except Exception as err:  # a dataclass __post_init__ may reject the values
+            raise ValidationError(f"{cls.__name__}(...) rejected the values: {err}") from err
+
+    def dump(self, record: object) -> Payload:
+        """Prepared record -> ``{field: primitive}``."""
+        payload: Payload
+        if self.kind is _Kind.TYPEDDICT:
+            source = cast("dict[str, Primitive]", record)
+            payload = {n: source[n] for n in self.names if n in source}
+            for name, dump in self.to_convert:
+                if name in payload:
+                    payload[name] = dump(payload[name])
+            return payload
+        payload = dict(
+            zip(self.names, cast("Sequence[Primitive]", self.values_of(record)), strict=True)
+        )
+        for name, dump in self.to_convert:
+            payload[name] = dump(payload[name])
+        return payload
+
+    # -- read side ----------------------------------------------------------
+
+    def load(self, data: Primitive) -> object:
+        """Primitives -> record; raises :class:`_LoadError` naming the field."""
+        if type(data) is not dict:
+            raise _LoadError((), f"expected a dict of fields, got {type(data).__name__}")
+        try:
+            values: list[object] = [load(data[name]) for name, load in self.to_load]
+        except Exception:
+            # Rare path (evolved payload or bad data): redo field by field to
+            # apply defaults and name the culprit.
+            values = self._load_slow(data)
+        try:
+            return self.build(values)
+        except Exception as err:
+            raise _LoadError((), f"{self.record_type.__name__}(...) rejected: {err}") from err
+
+    def _load_slow(self, data: dict[str, Primitive]) -> list[object]:
+        values: list[object] = []
+        for (name, load), rule in zip(self.to_load, self.fields.values(), strict=True):
+            default = self.load_defaults.get(name)
+            raw = data.get(name, _MISSING)
+            if raw is not _MISSING and not (raw is None and default is not None):
+                try:
+                    values.append(load(raw))
+                except _LoadError as err:
+                    raise _LoadError((name, *err.path), err.reason) from err
+                except Exception as err:
+                    raise _LoadError((name,), str(err) or type(err).__name__) from err
+            elif default is not None:
+                try:
+                    values.append(rule.prepare(default()))
+                except ValidationError as err:
+                    raise _LoadError((name,), f"default cannot be stored: {err}") from err
+            elif name not in self.required:
+                values.append(_MISSING)
+            else:
+                raise _LoadError(
+                    (name,),
+                    "required field is missing or null; give it a default in "
+                    "Schema(defaults=...) or in the record type to read older payloads",
+                )
+        return values
+
+
+def _prefixed(err: ValidationError, name: str) -> FieldValidationError:
+    if isinstance(err, FieldValidationError):
+        return FieldValidationError((name, *err.path), err.reason)
+    return FieldValidationError((name,), str(err))
+
+
+def _is_optional(annotation: object) -> bool:
+    return get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in get_args(
+        annotation
+    )
+
+
+def _infer(annotation: object, where: str, building: frozenset[type[object]]) -> Field[object]:
+    """Pick the field rule for an annotation, or raise :class:`SchemaError`."""
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        others = [a for a in args if a is not type(None)]
+        if len(others) != 1 or len(others) == len(args):
+            _unsupported(where, annotation, "a union is supported only as T | None")
+        return NullableField(_infer(others[0], where, building))
+    try:
+        simple = _SIMPLE_FIELDS.get(annotation)
+    except TypeError:  # an unhashable annotation object: not a simple type
+        simple = None
+    if simple is not None:
+        return simple()
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return cast("Field[object]", EnumField(annotation))
+    if origin is list:
+        if len(args) != 1:
+            _unsupported(where, annotation, "write list[T]")
+        return cast("Field[object]", ListField(_infer(args[0], f"{where}[]", building)))
+    if origin is dict:
+        if len(args) != 2 or args[0] is not str:
+            _unsupported(where, annotation, "write dict[str, T]: keys must be str")
+        return cast("Field[object]", DictField(_infer(args[1], f"{where}[]", building)))
+    if _kind_of(annotation) is not None:
+        record_type = cast("type[object]", annotation)
+        if record_type in building:
+            _unsupported(where, annotation, "recursive record types cannot be stored")
+        return cast(
+            "Field[object]",
+            RecordField(
+                _RecordCodec(record_type, overrides={}, defaults={}, building=building, label=where)
+            ),
+        )
+    _unsupported(
+        where,
+        annotation,
+        "supported: str int float bool bytes Decimal datetime date time UUID Enum "
+        "list[T] dict[str, T] T | None and nested records; or pass fields={...: SomeField()}",
+    )
+
+
+def _unsupported(where: str, annotation: object, hint: str) -> NoReturn:
+    raise SchemaError(f"{where}: cannot store annotation {annotation!r}; {hint}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class RecordField(Field[object]):
+    """A nested record (NamedTuple, TypedDict or frozen dataclass), stored as a dict."""
+
+    codec: _RecordCodec
+
+    def prepare(self, value: object) -> object:
+        return self.codec.prepare(value)
+
+    def dump(self, value: object) -> Primitive:
+        return self.codec.dump(value)
+
+    def load(self, data: Primitive) -> object:
+        return self.codec.load(data)
+
+
+class Schema(Generic[R, K]):
+    """A record type with its key, field rules, defaults and version.
+
+    Args:
+        record_type: a ``NamedTuple``, ``TypedDict`` or ``@dataclass(frozen=True)``.
+        key: the key field's name, or a tuple of names for a composite key
+            (key values are then tuples in that order).
+        name: the schema's name in keys (default: the record type's name).
+        key_format: a printf string (``"collection.%s.%d"``), a ``str.format``
+            string naming key fields (``"{collector}/{note_id}"``) or a callable
+            taking the key values; default: ``Name:key`` (see :mod:`cacheorm.keys`).
+        fields: per-field overrides of the inferred rules, e.g.
+            ``{"price": DecimalField(2)}``; ``AutoField()`` on an ``int | None`` key.
+        defaults: a value or zero-argument callable per field, used when a
+            written value is missing or ``None`` and when an older payload lacks it.
+        version: part of every key, so a changed schema never reads old payloads.
+
+    Raises:
+        SchemaError: the record type, a field, a default or the key cannot be
+            honoured; the message names the field and what to do.
+
+    A schema is immutable and hashable (by identity).
+    """
+
+    __slots__ = (
+        "_codec",
+        "_key_getter",
+        "_key_index",
+        "_keys",
+        "auto_key",
+        "field_names",
+        "fields",
+        "key_fields",
+        "name",
+        "record_type",
+        "version",
+    )
+
+    record_type: type[R]
+    name: str
+    version: str | None
+    key_fields: tuple[str, ...]
+    field_names: tuple[str, ...]
+    auto_key: bool
+    fields: Mapping[str, Field[object]]
+    _codec: _RecordCodec
+    _keys: KeyCodec
+    _key_getter: Callable[[object], object]
+    _key_index: tuple[int, ...]
+
+    def __init__(
+        self,
+        record_type: type[R],
+        key: str | Sequence[str],
+        *,
+        name: str | None = None,
+        key_format: KeyFormat | None = None,
+        fields: Mapping[str, Field[object]] | None = None,
+        defaults: Mapping[str, object] | None = None,
+        version: str | int | None = None,
+    ) -> None:
+        label = name if name is not None else getattr(record_type, "__name__", repr(record_type))
+        given_name: object = name  # checked at run time: callers may be untyped
+        if given_name is not None and (not isinstance(given_name, str) or not given_name):
+            raise SchemaError(f"Schema name must be a non-empty str, got {name!r}")
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, str | int)
+        ):
+            raise SchemaError(f"{label}: version must be a str or an int, got {version!r}")
+        codec = _RecordCodec(
+            cast("type[object]", record_type),
+            overrides=dict(fields or {}),
+            defaults=dict(defaults or {}),
+            building=frozenset(),
+            label=label,
+        )
+        key_fields = (key,) if isinstance(key, str) else tuple(key)
+        if not key_fields or not all(isinstance(k, str) for k in key_fields):
+            raise SchemaError(f"{label}: key must be a field name or a tuple of field names")
+        if len(set(key_fields)) != len(key_fields):
+            raise SchemaError(f"{label}: key {key_fields} repeats a field")
+        for key_field in key_fields:
+            if key_field not in codec.name_set:
+                raise SchemaError(
+                    f"{label}: key field {key_field!r} is not a field of "
+                    f"{codec.record_type.__name__}; its fields are {', '.join(codec.names)}"
+                )
+            if codec.kind is _Kind.TYPEDDICT and key_field not in codec.required:
+                raise SchemaError(
+                    f"{label}: key field {key_field!r} is NotRequired; a key must be present"
+                )
+        key_rules: list[Field[object]] = []
+        auto_key = False
+        for field_name, rule in codec.fields.items():
+            inner = rule.inner if isinstance(rule, NullableField) else rule
+            if isinstance(inner, AutoField):
+                if key_fields != (field_name,):
+                    raise SchemaError(
+                        f"{label}.{field_name}: AutoField is only for the single key field; "
+                        f"use IntegerField here or make {field_name!r} the key"
+                    )
+                hint = typing.get_type_hints(record_type).get(field_name)
+                if not (_is_optional(hint) and set(get_args(hint)) == {int, type(None)}):
+                    raise SchemaError(
+                        f"{label}.{field_name}: AutoField needs the annotation int | None "
+                        "(None until the id is assigned on insert)"
+                    )
+                auto_key = True
+        for key_field in key_fields:
+            rule = codec.fields[key_field]
+            if auto_key and isinstance(rule, NullableField):
+                rule = rule.inner
+            key_rules.append(rule)
+        keys = KeyCodec(
+            name=label,
+            version=None if version is None else str(version),
+            key_fields=key_fields,
+            key_rules=tuple(key_rules),
+            key_format=key_format,
+        )
+        setattr_ = object.__setattr__
+        setattr_(self, "record_type", record_type)
+        setattr_(self, "name", label)
+        setattr_(self, "version", None if version is None else str(version))
+        setattr_(self, "key_fields", key_fields)
+        setattr_(self, "field_names", codec.names)
+        setattr_(self, "auto_key", auto_key)
+        setattr_(self, "fields", codec.fields)
+        setattr_(self, "_codec", codec)
+        setattr_(self, "_keys", keys)
+        setattr_(self, "_key_index", tuple(codec.names.index(k) for k in key_fields))
+        getter: Callable[[object], object]
+        if codec.kind is _Kind.TYPEDDICT:
+            getter = cast("Callable[[object], object]", itemgetter(*key_fields))
+        elif codec.kind is _Kind.NAMEDTUPLE:
+            indexes = (codec.names.index(k) for k in key_fields)
+            getter = cast("Callable[[object], object]", itemgetter(*indexes))
+        else:
+            getter = attrgetter(*key_fields)
+        setattr_(self, "_key_getter", getter)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError(f"Schema is immutable; cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"Schema is immutable; cannot delete {name!r}")
+
+    def __repr__(self) -> str:
+        version = "" if self.version is None else f", version={self.version!r}"
+        key = self.key_fields[0] if len(self.key_fields) == 1 else self.key_fields
+        return f"Schema({self.record_type.__name__}, key={key!r}, name={self.name!r}{version})"
+
+    # -- records ------------------------------------------------------------
+
+    def key_of(self, record: R) -> K:
+        """The record's key: the key field's value, or a tuple for a composite key.
+
+        Raises:
+            ValidationError: the record lacks a key field.
+        """
+        try:
+            return cast("K", self._key_getter(record))
+        except (KeyError, AttributeError, IndexError, TypeError) as err:
+            raise ValidationError(
+                f"{self.name}: cannot read key {self.key_fields} from {type(record).__name__}"
+            ) from err
+
+    def prepare(self, record: R) -> R:
+        """The record as it will be stored: validated, defaults applied, normalised.
+
+        Never mutates ``record`` (a TypedDict comes back as a new dict).
+
+        Raises:
+            ValidationError: ``record`` is not an R, or a value cannot be stored;
+                the message names the field (``Person.height: expected float, got str``).
+        """
+        try:
+            return cast("R", self._codec.prepare(record))
+        except FieldValidationError as err:
+            raise FieldValidationError((self.name, *err.path), err.reason) from err
+        except ValidationError as err:
+            raise ValidationError(f"{self.name}: {err}") from err
+
+    def dump(self, record: R) -> Payload:
+        """A prepared record as ``{field: primitive}``.
+
+        Raises:
+            ValidationError: only from a :class:`StructField` whose ``dump`` failed.
+        """
+        return self._codec.dump(record)
+
+    def load(self, payload: Primitive, key: object = None) -> R:
+        """Rebuild a record from a payload written by this or an older schema.
+
+        Missing fields take the schema's defaults, then the record type's own;
+        extra fields are ignored.
+
+        Raises:
+            DecodeError: the payload cannot become the record (not a dict, a
+                required field missing, a wrong type); names the schema and key.
+        """
+        try:
+            return cast("R", self._codec.load(payload))
+        except _LoadError as err:
+            raise DecodeError(
+                f"cannot load {self.name} (key {key!r}): {err.where()}: {err.reason}"
+            ) from err
+
+    def evolve(self, record: R, changes: Mapping[str, object]) -> R:
+        """A prepared copy of ``record`` with ``changes`` applied.
+
+        Raises:
+            ValidationError: an unknown field, a value that cannot be stored, or
+                a change to a key field (insert a new record instead).
+        """
+        codec = self._codec
+        unknown = sorted(set(changes) - codec.name_set)
+        if unknown:
+            raise ValidationError(
+                f"{self.name} has no field(s) {unknown}; "
+                f"its fields are {', '.join(self.field_names)}"
+            )
+        if codec.kind is _Kind.TYPEDDICT:
+            if not isinstance(record, dict):
+                raise ValidationError(
+                    f"{self.name}: expected a {self.record_type.__name__} dict, "
+                    f"got {type(record).__name__}"
+                )
+            current: Mapping[str, object] = record
+        elif isinstance(record, codec.record_type):
+            current = dict(zip(codec.names, codec.values_of(record), strict=True))
+        else:
+            raise ValidationError(
+                f"{self.name}: expected a {self.record_type.__name__}, got {type(record).__name__}"
+            )
+        for key_field in self.key_fields:
+            if key_field in changes and changes[key_field] != current.get(key_field, _MISSING):
+                raise ValidationError(
+                    f"{self.name}.{key_field} is a key field and cannot be changed; "
+                    "insert a record under the new key and delete the old one"
+                )
+        merged = {**current, **changes}
+        if codec.kind is _Kind.TYPEDDICT:
+            return self.prepare(cast("R", merged))
+        values = [merged[n] for n in codec.names]
+        try:
+            candidate = codec.build(values)
+        except Exception as err:
+            raise ValidationError(f"{self.name}: the changes were rejected: {err}") from err
+        return self.prepare(cast("R", candidate))
+
+    def with_key(self, record: R, key: int) -> R:
+        """A copy of ``record`` with its (AutoField) key set to ``key``.
+
+        Raises:
+            ValidationError: the schema has a composite key, or ``key`` is not an int.
+        """
+        if len(self.key_fields) != 1:
+            raise ValidationError(f"{self.name} has a composite key; with_key sets a single key")
+        (key_field,) = self.key_fields
+        codec = self._codec
+        try:
+            value = codec.fields[key_field].prepare(key)
+        except ValidationError as err:
+            raise ValidationError(f"{self.name}.{key_field}: {err}") from err
+        if codec.kind is _Kind.TYPEDDICT:
+            return cast("R", {**cast("dict[str, object]", record), key_field: value})
+        values = list(codec.values_of(record))
+        values[self._key_index[0]] = value
+        return cast("R", codec.build(values))
+
+    # -- keys ---------------------------------------------------------------
+
+    def encode_key(self, key: K, namespace: str = "") -> bytes:
+        """The backend key (UTF-8 bytes) for ``key`` in ``namespace``.
+
+        Raises:
+            ValidationError: ``key`` has the wrong shape (a composite key needs
+                a tuple) or a value its key field cannot hold.
+        """
+        return self._keys.encode(key, namespace)
+
+    def counter_key(self, namespace: str = "") -> bytes:
+        """The backend key of the AutoField id counter, disjoint from record keys."""
+        return self._keys.counter_key(namespace)

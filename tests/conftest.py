@@ -59,7 +59,9 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def backend(backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[co.Backend]:
+def backend(
+    backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[co.Backend]:
     """A fresh, empty backend; parametrised over every kind in ``BACKEND_KINDS``."""
     made = make_backend(backend_kind, request, tmp_path)
     try:

@@ -75,7 +75,7 @@ def resolve_ttl(ttl: object, default: int) -> int:
 
 
 CommandOp: TypeAlias = Literal[
-    "get", "gets", "set", "add", "replace", "cas", "delete", "has", "touch", "incr"
+    "get", "gets", "set", "add", "replace", "cas", "delete", "delete_if", "has", "touch", "incr"
 ]
 
 
@@ -85,14 +85,14 @@ class Command:
 
     Results, by ``op``: ``get`` -> ``bytes | None``; ``gets`` ->
     ``tuple[bytes, CasToken] | None``; ``set`` -> ``True``; ``add``,
-    ``replace``, ``cas``, ``delete``, ``has``, ``touch`` -> ``bool``; ``incr``
+    ``replace``, ``cas``, ``delete``, ``delete_if``, ``has``, ``touch`` -> ``bool``; ``incr``
     -> ``int`` (``delta`` may be negative).
     """
 
     op: CommandOp
     key: bytes
     value: bytes = b""
-    ttl: int | None | Keep = None
+    ttl: int | Keep | None = None
     token: CasToken = None
     delta: int = 0
 
@@ -164,7 +164,7 @@ class Backend(Protocol):
         ...
 
     def cas(
-        self, key: bytes, value: bytes, token: CasToken, ttl: int | None | Keep = KEEP_TTL
+        self, key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None = KEEP_TTL
     ) -> bool:
         """Store ``value`` only if the key is unchanged since ``gets`` returned ``token``.
 

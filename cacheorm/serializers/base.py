@@ -11,7 +11,7 @@ from typing import Protocol, TypeAlias, runtime_checkable
 __all__ = ["Payload", "Primitive", "Serializer"]
 
 Primitive: TypeAlias = (
-    str | int | float | bool | None | bytes | list["Primitive"] | dict[str, "Primitive"]
+    str | int | float | bool | bytes | list["Primitive"] | dict[str, "Primitive"] | None
 )
 """A format-neutral value: what fields produce and serializers carry."""
 

@@ -1,0 +1,14 @@
+"""``make bench``: every benchmark table, measured against the raw libraries in the same run."""
+
+from __future__ import annotations
+
+from bench import records, serializers
+
+
+def main() -> None:
+    serializers.main()
+    records.main()
+
+
+if __name__ == "__main__":
+    main()
