@@ -51,6 +51,12 @@ __all__ = [
 R = TypeVar("R")
 K = TypeVarWithDefault("K", default=Hashable)
 T = TypeVar("T")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+T4 = TypeVar("T4")
+T5 = TypeVar("T5")
+T6 = TypeVar("T6")
 T_co = TypeVar("T_co", covariant=True)
 
 
@@ -168,6 +174,77 @@ def get_or_load(repo: Repo[R, K], key: K, loader: Callable[[K], R], /) -> Op[R]:
     return _op("get_or_load", repo, key, loader)
 
 
+# One overload pair per arity up to 6 ops: each op's result type joins the list's
+# union (a single `*ops: Op[T]` would solve T to `object` and, as Repo is
+# invariant, reject ops over different record types). Longer pipelines fall
+# back to one T, fine for ops of one result type or a `*ops` list.
+@overload
+def execute(op1: Op[T1], /, *, raise_on_error: Literal[True] = True) -> builtins.list[T1]: ...
+@overload
+def execute(op1: Op[T1], /, *, raise_on_error: bool) -> builtins.list[T1 | Exception]: ...
+@overload
+def execute(
+    op1: Op[T1], op2: Op[T2], /, *, raise_on_error: Literal[True] = True
+) -> builtins.list[T1 | T2]: ...
+@overload
+def execute(
+    op1: Op[T1], op2: Op[T2], /, *, raise_on_error: bool
+) -> builtins.list[T1 | T2 | Exception]: ...
+@overload
+def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], /, *, raise_on_error: Literal[True] = True
+) -> builtins.list[T1 | T2 | T3]: ...
+@overload
+def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], /, *, raise_on_error: bool
+) -> builtins.list[T1 | T2 | T3 | Exception]: ...
+@overload
+def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], op4: Op[T4], /, *, raise_on_error: Literal[True] = True
+) -> builtins.list[T1 | T2 | T3 | T4]: ...
+@overload
+def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], op4: Op[T4], /, *, raise_on_error: bool
+) -> builtins.list[T1 | T2 | T3 | T4 | Exception]: ...
+@overload
+def execute(
+    op1: Op[T1],
+    op2: Op[T2],
+    op3: Op[T3],
+    op4: Op[T4],
+    op5: Op[T5],
+    /,
+    *,
+    raise_on_error: Literal[True] = True,
+) -> builtins.list[T1 | T2 | T3 | T4 | T5]: ...
+@overload
+def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], op4: Op[T4], op5: Op[T5], /, *, raise_on_error: bool
+) -> builtins.list[T1 | T2 | T3 | T4 | T5 | Exception]: ...
+@overload
+def execute(
+    op1: Op[T1],
+    op2: Op[T2],
+    op3: Op[T3],
+    op4: Op[T4],
+    op5: Op[T5],
+    op6: Op[T6],
+    /,
+    *,
+    raise_on_error: Literal[True] = True,
+) -> builtins.list[T1 | T2 | T3 | T4 | T5 | T6]: ...
+@overload
+def execute(
+    op1: Op[T1],
+    op2: Op[T2],
+    op3: Op[T3],
+    op4: Op[T4],
+    op5: Op[T5],
+    op6: Op[T6],
+    /,
+    *,
+    raise_on_error: bool,
+) -> builtins.list[T1 | T2 | T3 | T4 | T5 | T6 | Exception]: ...
 @overload
 def execute(*ops: Op[T], raise_on_error: Literal[True] = True) -> builtins.list[T]: ...
 @overload

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-import redis
 
 import cacheorm as co
-from tests.servers import MemcachedServer, RedisCluster, RedisServer
+
+if TYPE_CHECKING:
+    from tests.servers import MemcachedServer, RedisCluster, RedisServer
 
 pytest_plugins = ["tests.servers"]
 
@@ -68,6 +70,3 @@ def backend(
         yield made
     finally:
         made.close()
-
-
-__all__ = ["BACKEND_KINDS", "make_backend", "redis"]

@@ -354,7 +354,18 @@ class MemcachedBackend:
 
     def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
         """Store ``value`` unconditionally."""
-        self._store("set", memcached_key(key), value, resolve_ttl(ttl, self.default_ttl))
+        seconds = self.default_ttl if ttl is None else resolve_ttl(ttl, 0)
+        exptime, flags = self._expiry(seconds) if seconds else (0, 0)
+        k = memcached_key(key)
+        client = self._client
+        try:
+            with self._lock:
+                client.set(k, value, exptime, noreply=False, flags=flags)
+        except self._errors as err:
+            error = self._translate("set", err)
+            if isinstance(error, ValueTooLarge):
+                raise self._too_large(k, error) from err
+            raise error from err
 
     def add(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
         """Store only if absent (memcached ``add`` is atomic). Return whether it was stored."""
@@ -446,37 +457,34 @@ class MemcachedBackend:
         return self._cas_add(k, delta)
 
     def _cas_add(self, k: bytes, delta: int) -> int:
-        client = self._client
+        """Add ``delta`` with a ``gets``/``cas`` loop (for values memcached cannot incr)."""
         for _ in range(_CAS_RETRIES):
-            value, cas = self._call("gets", client.gets, k)
-            if value is None or cas is None:
-                created = self._call(
-                    "add", client.add, k, str(delta).encode(), 0, noreply=False, flags=0
-                )
-                if created:
-                    return delta
-                continue
-            raw, flags = _value(value), _flags(value)
             try:
-                current = int(raw)
-            except ValueError as err:
-                raise BackendError(
-                    f"memcached incr: the value at {k!r} is not an integer counter"
-                ) from err
-            new = current + delta
-            stored = self._call(
-                "cas",
-                client.cas,
-                k,
-                str(new).encode(),
-                cas,
-                self._kept_expiry(flags),
-                noreply=False,
-                flags=flags,
-            )
-            if stored:
+                # Hold the lock across gets and cas: threads of this process then never
+                # race each other; only other processes can make a round fail.
+                with self._lock:
+                    new = self._cas_add_once(k, delta)
+            except self._errors as err:
+                raise self._translate("incr", err) from err
+            if new is not None:
                 return new
         raise ConflictError(f"memcached incr of {k!r} lost {_CAS_RETRIES} races in a row")
+
+    def _cas_add_once(self, k: bytes, delta: int) -> int | None:
+        client = self._client
+        item, cas = client.gets(k)
+        if item is None or cas is None:
+            created = client.add(k, str(delta).encode(), 0, noreply=False, flags=0)
+            return delta if created else None
+        try:
+            new = int(_value(item)) + delta
+        except ValueError as err:
+            raise BackendError(f"memcached incr: the value at {k!r} is not an integer") from err
+        flags = _flags(item)
+        stored = client.cas(
+            k, str(new).encode(), cas, self._kept_expiry(flags), noreply=False, flags=flags
+        )
+        return new if stored else None
 
     def decr(self, key: bytes, delta: int = 1) -> int:
         """Subtract ``delta`` atomically and return the new value (may go below zero)."""
@@ -494,19 +502,14 @@ class MemcachedBackend:
         k = memcached_key(key)
         client = self._client
         for _ in range(_CAS_RETRIES):
-            value, cas = self._call("gets", client.gets, k)
-            if value is None or cas is None:
-                return False
-            stored = self._call(
-                "touch",
-                client.cas,
-                k,
-                _value(value),
-                cas,
-                exptime,
-                noreply=False,
-                flags=flags,
-            )
+            try:
+                with self._lock:  # across gets and cas, as in _cas_add
+                    item, cas = client.gets(k)
+                    if item is None or cas is None:
+                        return False
+                    stored = client.cas(k, _value(item), cas, exptime, noreply=False, flags=flags)
+            except self._errors as err:
+                raise self._translate("touch", err) from err
             if stored is None:
                 return False
             if stored:

@@ -145,7 +145,9 @@ class MemoryBackend:
     def _incr(self, key: bytes, delta: int) -> int:
         entry = self._live(key)
         # A new counter never expires, like Redis' INCRBY on a missing key.
-        current, expires = (0, 0.0) if entry is None else (parse_counter(entry.value, key), entry.expires)
+        current, expires = (
+            (0, 0.0) if entry is None else (parse_counter(entry.value, key), entry.expires)
+        )
         result = current + delta
         self._store(key, str(result).encode("ascii"), expires)
         return result
@@ -172,7 +174,7 @@ class MemoryBackend:
         entry = self._live(key)
         return entry if entry is not None and entry.version == token else None
 
-    def _cas(self, key: bytes, value: bytes, token: CasToken, ttl: int | None | Keep) -> bool:
+    def _cas(self, key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None) -> bool:
         seconds = None if ttl is KEEP_TTL else resolve_ttl(ttl, self.default_ttl)
         entry = self._matches(key, token, "cas")
         if entry is None:
@@ -311,7 +313,7 @@ class MemoryBackend:
             return self._gets(key)
 
     def cas(
-        self, key: bytes, value: bytes, token: CasToken, ttl: int | None | Keep = KEEP_TTL
+        self, key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None = KEEP_TTL
     ) -> bool:
         """Store ``value`` only if the entry's version is still ``token``.
 

@@ -176,8 +176,12 @@ class MsgpackSerializer:
     """Binary msgpack, the default: compact and the fastest of the presets.
 
     ``str`` is packed as msgpack str and ``bytes`` as bin (``use_bin_type``), so
-    both round-trip with their types. Foreign timestamps (extension -1) decode
-    to integer nanoseconds; other extension types are a :class:`DecodeError`.
+    both round-trip with their types. On this hot path ``dumps`` does not walk
+    the input: non-primitives msgpack can pack anyway (a ``tuple``, a
+    ``bytearray``, an ``int`` dict key) come back as list, bytes, or a
+    :class:`DecodeError`; the ``Primitive`` type rules them out statically.
+    Foreign timestamps (extension -1) decode to integer nanoseconds; other
+    extension types are a :class:`DecodeError`.
     """
 
     def dumps(self, obj: Primitive) -> bytes:
@@ -247,6 +251,9 @@ def _check_primitive(obj: object) -> None:
 @dataclass(frozen=True, slots=True)
 class PickleSerializer:
     """Pickle protocol 5, restricted to primitives both ways. Never a default.
+
+    Pickles of protocol 0-2 that hold ``bytes`` are refused: those encode bytes
+    through a global (``_codecs.encode``).
 
     Warning:
         Only use pickle on a cache you fully control, or behind

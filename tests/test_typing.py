@@ -1,0 +1,194 @@
+"""Typing tests: the example files in ``tests/typing_cases`` run through mypy and pyright.
+
+File name prefixes say which checker runs see a case:
+
+* ``ok_*``: must pass ``--strict`` cleanly in every run (mypy with and without the
+  ``cacheorm.mypy`` plugin, and pyright strict);
+* ``err_*``: plain-generics mistakes, expected in both mypy runs;
+* ``plain_*``: mypy without the plugin (and pyright);
+* ``plugin_*``: mypy with the plugin only;
+* ``reveal_*``: ``reveal_type`` notes, both mypy runs.
+
+An expected error is marked on its line: ``# E: <part of the message>``; a note
+(``reveal_type``) ``# N: <message>``; several markers may share a line. Every
+marker must be reported on its line and nothing else may be reported (notes other
+than ``Revealed type`` ones are hints attached to errors and are not compared).
+
+mypy runs once per configuration over all its files, with a cache under pytest's
+tmp dir, since each run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mypy import api as mypy_api
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "tests" / "typing_cases"
+CONFIG = CASES / "mypy.ini"
+
+_MARKER = re.compile(r"#\s*([EN]):\s*(.*?)\s*(?=#\s*[EN]:|$)")
+_REPORT = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+): (?P<kind>error|note): (?P<msg>.*)$")
+
+Expectations = dict[int, list[tuple[str, str]]]
+
+
+def _cases(*prefixes: str) -> list[Path]:
+    return sorted(p for p in CASES.glob("*.py") if p.name.startswith(prefixes))
+
+
+PLUGIN_FILES = _cases("ok_", "err_", "plugin_", "reveal_")
+PLAIN_FILES = _cases("ok_", "err_", "plain_", "reveal_")
+PYRIGHT_FILES = _cases("ok_", "plain_")
+
+
+@dataclass(frozen=True)
+class MypyRun:
+    """What one mypy run reported, per file and line."""
+
+    reports: dict[str, dict[int, list[tuple[str, str]]]]
+    stdout: str
+    exit_status: int
+
+
+def _expectations(path: Path) -> Expectations:
+    expected: Expectations = defaultdict(list)
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        _, _, comment = line.partition("  #")
+        if not comment:
+            continue
+        for kind, text in _MARKER.findall("#" + comment):
+            expected[number].append(("error" if kind == "E" else "note", text))
+    return expected
+
+
+def _run_mypy(files: list[Path], config_text: str, tmp: Path) -> MypyRun:
+    config = tmp / "mypy.ini"
+    config.write_text(config_text.replace("$MYPY_CONFIG_FILE_DIR/../..", str(ROOT)))
+    args = [
+        "--config-file",
+        str(config),
+        "--cache-dir",
+        str(tmp / "cache"),
+        "--no-error-summary",
+        "--hide-error-context",
+        "--no-pretty",
+        "--show-absolute-path",
+        *map(str, files),
+    ]
+    stdout, stderr, status = mypy_api.run(args)
+    assert not stderr.strip(), stderr
+    reports: dict[str, dict[int, list[tuple[str, str]]]] = defaultdict(lambda: defaultdict(list))
+    for line in stdout.splitlines():
+        match = _REPORT.match(line)
+        assert match, f"unparsed mypy output: {line}"
+        msg = re.sub(r"\s+\[[a-z0-9-]+\]$", "", match["msg"])
+        reports[Path(match["path"]).name][int(match["line"])].append((match["kind"], msg))
+    return MypyRun(reports, stdout, status)
+
+
+@pytest.fixture(scope="session")
+def plugin_run(tmp_path_factory: pytest.TempPathFactory) -> MypyRun:
+    return _run_mypy(PLUGIN_FILES, CONFIG.read_text(), tmp_path_factory.mktemp("mypy-plugin"))
+
+
+@pytest.fixture(scope="session")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> MypyRun:
+    text = "\n".join(
+        line for line in CONFIG.read_text().splitlines() if not line.startswith("plugins")
+    )
+    assert text != CONFIG.read_text()
+    return _run_mypy(PLAIN_FILES, text + "\n", tmp_path_factory.mktemp("mypy-plain"))
+
+
+def _compare(path: Path, run: MypyRun) -> None:
+    expected = _expectations(path)
+    reported = run.reports.get(path.name, {})
+    problems: list[str] = []
+    for line, wanted in sorted(expected.items()):
+        got = reported.get(line, [])
+        for kind, text in wanted:
+            if not any(k == kind and text in msg for k, msg in got):
+                problems.append(f"{path.name}:{line}: missing {kind} {text!r}; got {got}")
+    for line, got in sorted(reported.items()):
+        wanted = expected.get(line, [])
+        for kind, msg in got:
+            if kind == "note" and not msg.startswith("Revealed type"):
+                continue  # a hint attached to an error ("defined in", "did you mean")
+            if not any(k == kind and text in msg for k, text in wanted):
+                problems.append(f"{path.name}:{line}: unexpected {kind}: {msg}")
+    assert not problems, "\n".join(problems) + "\n\nfull output:\n" + run.stdout
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: p.name)
+def test_mypy_with_plugin(path: Path, plugin_run: MypyRun) -> None:
+    _compare(path, plugin_run)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", PLAIN_FILES, ids=lambda p: p.name)
+def test_mypy_without_plugin(path: Path, plain_run: MypyRun) -> None:
+    _compare(path, plain_run)
+
+
+def test_case_files_carry_expectations() -> None:
+    """Guards the harness itself: error cases mark errors, clean cases mark none."""
+    for path in _cases("err_", "plugin_err", "reveal_"):
+        assert _expectations(path), f"{path.name} has no # E: / # N: markers"
+    for path in _cases("ok_", "plugin_ok"):
+        assert not _expectations(path), f"{path.name} must be clean but has markers"
+
+
+def _pyright() -> str:
+    found = Path(sys.executable).parent / "pyright"
+    if found.exists():
+        return str(found)
+    on_path = shutil.which("pyright")
+    if on_path is None:  # a loud failure: `make test` installs it with the dev extras
+        pytest.fail("pyright is not installed; pip install 'pyright[nodejs]'")
+    return on_path
+
+
+@pytest.mark.timeout(300)
+def test_pyright_accepts_plugin_free_cases(tmp_path: Path) -> None:
+    config = {
+        "pythonVersion": "3.11",
+        "typeCheckingMode": "strict",
+        "stubPath": str(ROOT / "stubs"),
+        "extraPaths": [str(ROOT)],
+        "reportMissingModuleSource": "none",
+    }
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps(config))
+    done = subprocess.run(
+        [
+            _pyright(),
+            "--outputjson",
+            "--pythonpath",
+            sys.executable,
+            "-p",
+            str(tmp_path / "pyrightconfig.json"),
+            *map(str, PYRIGHT_FILES),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    report = json.loads(done.stdout)
+    errors = [
+        f"{Path(d['file']).name}:{d['range']['start']['line'] + 1}: {d['message']}"
+        for d in report["generalDiagnostics"]
+        if d["severity"] == "error"
+    ]
+    assert not errors, "\n".join(errors)
+    assert report["summary"]["filesAnalyzed"] >= len(PYRIGHT_FILES)
