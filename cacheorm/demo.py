@@ -80,7 +80,7 @@ def walk(backend: co.Backend, namespace: str) -> None:
     grown = co.modify(people, "Sam", lambda p: p._replace(height=p.height + 1))
     show("co.modify(people, 'Sam', fn)", grown)
     try:
-        co.update(people, "Sam", heigth=1.0)
+        co.update(people, "Sam", heigth=1.0)  # type: ignore[call-arg]  # mypy catches it too
     except co.ValidationError as err:
         show("a misspelt field raises", err)
 

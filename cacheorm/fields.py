@@ -317,6 +317,15 @@ class DecimalField(Field[Decimal]):
             raise ValueError(f"{data!r} is not a decimal") from err
 
 
+def _check_offset(offset: dt.timedelta | None) -> None:
+    # ISO 8601 as read by fromisoformat keeps whole-second offsets only.
+    if offset is not None and offset.microseconds:
+        raise ValidationError(
+            f"UTC offset {offset} has a fraction of a second, which cannot be stored; "
+            "round the offset to whole seconds"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class DateTimeField(Field[dt.datetime]):
     """A ``datetime`` stored as an ISO 8601 string.
@@ -328,6 +337,8 @@ class DateTimeField(Field[dt.datetime]):
 
     def prepare(self, value: object) -> dt.datetime:
         if isinstance(value, dt.datetime):
+            if value.tzinfo is not None:
+                _check_offset(value.utcoffset())
             return value
         raise ValidationError(f"expected datetime, got {_tname(value)}")
 
@@ -364,6 +375,8 @@ class TimeField(Field[dt.time]):
 
     def prepare(self, value: object) -> dt.time:
         if isinstance(value, dt.time):
+            if value.tzinfo is not None:
+                _check_offset(value.utcoffset())
             return value
         raise ValidationError(f"expected time, got {_tname(value)}")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mypy.errorcodes import ErrorCode
+from mypy.expandtype import expand_type
 from mypy.maptype import map_instance_to_supertype
 from mypy.nodes import (
     ARG_NAMED_OPT,
@@ -48,6 +49,7 @@ from mypy.plugin import FunctionContext, FunctionSigContext, Plugin
 from mypy.subtypes import is_same_type
 from mypy.types import (
     AnyType,
+    CallableType,
     FunctionLike,
     Instance,
     NoneType,
@@ -56,6 +58,8 @@ from mypy.types import (
     Type,
     TypedDictType,
     TypeOfAny,
+    TypeVarId,
+    TypeVarType,
     UnionType,
     get_proper_type,
     has_type_vars,
@@ -74,6 +78,24 @@ _REPO = "cacheorm.repo.Repo"
 _SCHEMA = "cacheorm.schema.Schema"
 _UPDATE = frozenset({"cacheorm.crud.update", "cacheorm.ops.update"})
 _UPDATE_MANY = frozenset({"cacheorm.crud.update_many", "cacheorm.ops.update_many"})
+_REPO_FIRST = frozenset(
+    f"cacheorm.{module}.{name}"
+    for module in ("crud", "ops")
+    for name in (
+        "add",
+        "delete",
+        "delete_many",
+        "exists",
+        "get",
+        "get_many",
+        "get_or_load",
+        "get_or_none",
+        "insert",
+        "insert_many",
+        "modify",
+        "replace",
+    )
+) | {"cacheorm.repo.on"}
 
 
 def _record_fields(record: Type) -> dict[str, Type] | None:
@@ -107,15 +129,22 @@ def _record_fields(record: Type) -> dict[str, Type] | None:
     return fields
 
 
-def _repo_record(repo: Type) -> Type | None:
-    """``R`` of a ``Repo[R, K]`` (or of a subclass); ``None`` otherwise."""
+def _repo_instance(repo: Type) -> Instance | None:
+    """``Repo[R, K]`` of a repo (or of a subclass); ``None`` if not a repo."""
     proper = get_proper_type(repo)
     if not isinstance(proper, Instance):
         return None
     for base in proper.type.mro:
         if base.fullname == _REPO:
-            return map_instance_to_supertype(proper, base).args[0]
+            mapped = map_instance_to_supertype(proper, base)
+            return mapped if len(mapped.args) == 2 else None
     return None
+
+
+def _repo_record(repo: Type) -> Type | None:
+    """``R`` of a ``Repo[R, K]``; ``None`` if not a repo."""
+    instance = _repo_instance(repo)
+    return None if instance is None else instance.args[0]
 
 
 def _has_unpacking(context: object) -> bool:
@@ -132,9 +161,38 @@ def _fields_of_call(ctx: FunctionSigContext) -> dict[str, Type] | None:
     return None if record is None else _record_fields(record)
 
 
+def _bind_repo(ctx: FunctionSigContext) -> CallableType:
+    """The signature with ``R`` and ``K`` fixed to the repo argument's own.
+
+    Plain inference solves ``R`` and ``K`` from every argument and the return
+    context at once, which fails in ways that hide the mistake or invent one: a
+    TypedDict record written as a dict literal cannot be inferred, a result
+    passed where ``object`` is expected forces ``R = object`` against the
+    invariant repo, and a wrong key reads "Cannot infer value of type
+    parameter". Taking them from the repo first gives each argument the
+    precise expected type ("expected "str"") instead.
+    """
+    sig = ctx.default_signature
+    if _has_unpacking(ctx.context) or not ctx.args or len(ctx.args[0]) != 1:
+        return sig
+    formal = get_proper_type(sig.arg_types[0]) if sig.arg_types else None
+    if not isinstance(formal, Instance) or formal.type.fullname != _REPO:
+        return sig
+    actual = _repo_instance(ctx.api.get_expression_type(ctx.args[0][0]))
+    if actual is None:
+        return sig
+    env: dict[TypeVarId, Type] = {}
+    for variable, value in zip(formal.args, actual.args, strict=True):
+        proper = get_proper_type(variable)
+        if isinstance(proper, TypeVarType):
+            env[proper.id] = value
+    bound = expand_type(sig, env)
+    return bound.copy_modified(variables=[v for v in sig.variables if v.id not in env])
+
+
 def _update_signature(ctx: FunctionSigContext) -> FunctionLike:
     """``update(repo, key, /, *, field: T = ..., ...)`` from the repo's record type."""
-    sig = ctx.default_signature
+    sig = _bind_repo(ctx)
     fields = _fields_of_call(ctx)
     if fields is None:
         return sig
@@ -158,7 +216,7 @@ def _is_literal_changes(expr: Expression) -> bool:
 
 def _update_many_signature(ctx: FunctionSigContext) -> FunctionLike:
     """Check ``{key: {field: value}}`` literals as partial TypedDicts of the record."""
-    sig = ctx.default_signature
+    sig = _bind_repo(ctx)
     if len(ctx.args) < 2 or len(ctx.args[1]) != 1 or not _is_literal_changes(ctx.args[1][0]):
         # A variable of type dict[K, dict[str, object]] stays accepted as declared.
         return sig
@@ -302,6 +360,8 @@ class CacheORMPlugin(Plugin):
             return _update_signature
         if fullname in _UPDATE_MANY:
             return _update_many_signature
+        if fullname in _REPO_FIRST:
+            return _bind_repo
         return None
 
     def get_function_hook(self, fullname: str) -> Callable[[FunctionContext], Type] | None:

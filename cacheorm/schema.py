@@ -180,7 +180,7 @@ class _RecordCodec:
             required = frozenset(names)
         elif kind is _Kind.TYPEDDICT:
             names = tuple(hints)
-            required = frozenset(record_type.__required_keys__)  # type: ignore[attr-defined]  # TypedDict
+            required = _typeddict_required(record_type, label)
         else:
             params = record_type.__dataclass_params__  # type: ignore[attr-defined]  # dataclass
             if not params.frozen:
@@ -395,6 +395,29 @@ class _RecordCodec:
                     "Schema(defaults=...) or in the record type to read older payloads",
                 )
         return values
+
+
+def _typeddict_required(record_type: type[object], label: str) -> frozenset[str]:
+    """The required keys of a TypedDict, honouring ``Required``/``NotRequired``.
+
+    Under ``from __future__ import annotations`` Python 3.11 cannot see the
+    markers when it builds ``__required_keys__``, so read them from the hints.
+    """
+    required = set(record_type.__required_keys__)  # type: ignore[attr-defined]  # TypedDict
+    try:
+        hints = typing.get_type_hints(record_type, include_extras=True)
+    except Exception as err:  # pragma: no cover - resolved once already
+        raise SchemaError(f"{label}: cannot resolve annotations: {err}") from err
+    for field_name, hint in hints.items():
+        origin = get_origin(hint)
+        while origin is typing.Annotated:
+            hint = get_args(hint)[0]
+            origin = get_origin(hint)
+        if origin is typing.NotRequired:
+            required.discard(field_name)
+        elif origin is typing.Required:
+            required.add(field_name)
+    return frozenset(required)
 
 
 def _prefixed(err: ValidationError, name: str) -> FieldValidationError:
@@ -620,6 +643,8 @@ class Schema(Generic[R, K]):
         raise AttributeError(f"Schema is immutable; cannot delete {name!r}")
 
     def __repr__(self) -> str:
+        if not hasattr(self, "_keys"):  # construction failed part way
+            return "Schema(<incomplete>)"
         version = "" if self.version is None else f", version={self.version!r}"
         key = self.key_fields[0] if len(self.key_fields) == 1 else self.key_fields
         return f"Schema({self.record_type.__name__}, key={key!r}, name={self.name!r}{version})"

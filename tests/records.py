@@ -61,7 +61,7 @@ class Note(NamedTuple):
 
 class Counter(NamedTuple):
     name: str
-    count: int
+    value: int
 
 
 PERSON = co.Schema(Person, key="name")

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 import redis
@@ -27,12 +27,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from pathlib import Path
 
+_S = TypeVar("_S")
+
 __all__ = [
     "MemcachedServer",
     "RedisCluster",
     "RedisServer",
     "ServerFactory",
     "free_port",
+    "free_ports",
 ]
 
 _HOST = "127.0.0.1"
@@ -58,14 +61,41 @@ def _binary(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    """Return a loopback TCP port that was free a moment ago (bind to port 0)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct loopback TCP ports that were free a moment ago.
+
+    All sockets stay bound until every port is chosen, so the ports differ.
+    """
+    sockets: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
             sock.bind((_HOST, 0))
             port: int = sock.getsockname()[1]
-        if port not in _FORBIDDEN_PORTS:
-            return port
+            if port not in _FORBIDDEN_PORTS:
+                ports.append(port)
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago (bind to port 0)."""
+    return free_ports(1)[0]
+
+
+def _retrying(start: Callable[[], _S], attempts: int = 3) -> _S:
+    """Start servers again when a port was taken between choosing and binding it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except pytest.fail.Exception:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _port_answers(port: int, probe: bytes, expect: bytes, contains: bytes = b"") -> bool:
@@ -267,49 +297,52 @@ def _memcached_ready(port: int) -> Callable[[], bool]:
 
 def start_redis(directory: Path, extra: Sequence[str] = ()) -> RedisServer:
     """Start a standalone redis-server in ``directory`` and wait until it answers."""
-    port = free_port()
-    proc = _spawn("redis-server", _redis_args(port, directory, extra), port, directory)
-    _wait_until(_redis_ready(port), [proc], "redis-server", _START_TIMEOUT)
-    return RedisServer(_HOST, port, proc)
+
+    def start() -> RedisServer:
+        port = free_port()
+        proc = _spawn("redis-server", _redis_args(port, directory, extra), port, directory)
+        _wait_until(_redis_ready(port), [proc], "redis-server", _START_TIMEOUT)
+        return RedisServer(_HOST, port, proc)
+
+    return _retrying(start)
 
 
 def start_memcached_many(directories: Sequence[Path]) -> list[MemcachedServer]:
     """Start one memcached per directory, in parallel, and wait until all answer."""
-    procs = []
-    for directory in directories:
-        port = free_port()
-        procs.append(_spawn("memcached", _memcached_args(port), port, directory))
-    for proc in procs:
-        _wait_until(_memcached_ready(proc.port), procs, "memcached", _START_TIMEOUT)
-    return [MemcachedServer(_HOST, proc.port, proc) for proc in procs]
+
+    def start() -> list[MemcachedServer]:
+        ports = free_ports(len(directories))
+        procs = [
+            _spawn("memcached", _memcached_args(port), port, directory)
+            for port, directory in zip(ports, directories, strict=True)
+        ]
+        for proc in procs:
+            _wait_until(_memcached_ready(proc.port), procs, "memcached", _START_TIMEOUT)
+        return [MemcachedServer(_HOST, proc.port, proc) for proc in procs]
+
+    return _retrying(start)
 
 
 def start_redis_cluster(directories: Sequence[Path]) -> RedisCluster:
     """Start one master per directory, join them into a cluster, wait for ``cluster_state:ok``."""
+    return _retrying(lambda: _start_redis_cluster(directories))
+
+
+def _start_redis_cluster(directories: Sequence[Path]) -> RedisCluster:
+    ports = free_ports(2 * len(directories))
     procs = []
-    for directory in directories:
-        port = free_port()
+    for directory, port, bus_port in zip(directories, ports[::2], ports[1::2], strict=True):
         extra = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         # An explicit bus port: the default (port + 10000) may be taken or above 65535.
-        extra += ["--cluster-port", str(free_port())]
+        extra += ["--cluster-port", str(bus_port)]
         args = _redis_args(port, directory, extra)
         procs.append(_spawn("redis-server", args, port, directory))
     for proc in procs:
         _wait_until(_redis_ready(proc.port), procs, "redis-server (cluster node)", _START_TIMEOUT)
     nodes = [f"{_HOST}:{proc.port}" for proc in procs]
+    create = ["--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
     created = subprocess.run(
-        [
-            _binary("redis-cli"),
-            "--cluster",
-            "create",
-            *nodes,
-            "--cluster-replicas",
-            "0",
-            "--cluster-yes",
-        ],
-        capture_output=True,
-        timeout=30,
-        check=False,
+        [_binary("redis-cli"), *create], capture_output=True, timeout=30, check=False
     )
     if created.returncode != 0:
         for proc in procs:

@@ -446,3 +446,41 @@ def test_backend_modules_import_their_driver_lazily() -> None:
         "import cacheorm.backends.redis, cacheorm.backends.memcached\n"
     )
     subprocess.run([sys.executable, "-c", program], check=True)
+
+
+@pytest.mark.parametrize("kind", ["redis", "memcached"])
+def test_a_ttl_beyond_what_the_server_can_express_means_never(
+    kind: str, rb: RedisBackend, mc: MemcachedBackend
+) -> None:
+    backend: co.Backend = rb if kind == "redis" else mc
+    backend.set(b"k", b"v", ttl=10**20)
+    assert backend.get(b"k") == b"v"
+    got = backend.gets(b"k")
+    assert got is not None
+    assert backend.cas(b"k", b"w", got[1], ttl=10**20)
+    assert backend.touch(b"k", ttl=10**20)
+    assert backend.get(b"k") == b"w"
+
+
+def test_redis_backend_rejects_a_bad_url() -> None:
+    with pytest.raises(co.ValidationError):
+        RedisBackend(url="http://example.invalid/")
+
+
+def test_memcached_backend_adopts_a_client_but_refuses_ignore_exc(
+    memcached_servers: list[MemcachedServer],
+) -> None:
+    from pymemcache.client.base import Client
+    from pymemcache.client.hash import HashClient
+
+    node = memcached_servers[0]
+    node.flush()
+    with pytest.raises(co.ValidationError):
+        MemcachedBackend(client=Client(node.address, ignore_exc=True))
+    pool = HashClient([node.address], timeout=0.5)
+    backend = MemcachedBackend(client=pool)
+    backend.set(b"a b", b"v", ttl=100)  # unsafe key, flags carry the expiry
+    got = backend.gets(b"a b")
+    assert got is not None
+    assert got[0] == b"v"
+    backend.close()

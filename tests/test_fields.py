@@ -48,7 +48,7 @@ OFFSETS = st.builds(
         min_value=dt.timedelta(hours=-23, minutes=-59), max_value=dt.timedelta(hours=23, minutes=59)
     ),
 )
-TZ = st.none() | st.just(dt.UTC) | OFFSETS
+TZ = st.none() | st.just(dt.UTC) | OFFSETS.filter(lambda z: not z.utcoffset(None).microseconds)
 
 JSON_VALUES = st.recursive(
     st.none()
@@ -236,6 +236,14 @@ def test_datetimes_keep_offset_and_microseconds_and_naive_stays_naive() -> None:
     back = field.load(field.dump(paris))
     assert back == paris
     assert back.utcoffset() == dt.timedelta(hours=2)
+
+
+def test_sub_second_utc_offsets_are_rejected() -> None:
+    odd = dt.timezone(dt.timedelta(seconds=1, microseconds=5))
+    with pytest.raises(co.ValidationError, match="fraction of a second"):
+        co.DateTimeField().prepare(dt.datetime(2000, 1, 1, tzinfo=odd))
+    with pytest.raises(co.ValidationError, match="fraction of a second"):
+        co.TimeField().prepare(dt.time(1, tzinfo=odd))
 
 
 def test_date_field_rejects_datetime_and_time_field_keeps_offset() -> None:

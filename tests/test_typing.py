@@ -10,7 +10,9 @@ File name prefixes say which checker runs see a case:
 * ``reveal_*``: ``reveal_type`` notes, both mypy runs.
 
 An expected error is marked on its line: ``# E: <part of the message>``; a note
-(``reveal_type``) ``# N: <message>``; several markers may share a line. Every
+(``reveal_type``) ``# N: <message>``; several markers may share a line. A marker
+for one mypy run only is written ``# E[plain]: ...`` or ``# E[plugin]: ...`` (the
+plugin turns "Cannot infer value of type parameter" into precise messages). Every
 marker must be reported on its line and nothing else may be reported (notes other
 than ``Revealed type`` ones are hints attached to errors and are not compared).
 
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "typing_cases"
 CONFIG = CASES / "mypy.ini"
 
-_MARKER = re.compile(r"#\s*([EN]):\s*(.*?)\s*(?=#\s*[EN]:|$)")
+_MARKER = re.compile(r"#\s*([EN])(?:\[(plain|plugin)\])?:\s*(.*?)\s*(?=#\s*[EN][\[:]|$)")
 _REPORT = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+): (?P<kind>error|note): (?P<msg>.*)$")
 
 Expectations = dict[int, list[tuple[str, str]]]
@@ -48,30 +50,33 @@ def _cases(*prefixes: str) -> list[Path]:
 
 PLUGIN_FILES = _cases("ok_", "err_", "plugin_", "reveal_")
 PLAIN_FILES = _cases("ok_", "err_", "plain_", "reveal_")
-PYRIGHT_FILES = _cases("ok_", "plain_")
+PYRIGHT_FILES = _cases("ok_", "plain_", "reveal_")
+PYRIGHT_ERROR_FILES = _cases("err_")
 
 
 @dataclass(frozen=True)
 class MypyRun:
     """What one mypy run reported, per file and line."""
 
+    name: str
     reports: dict[str, dict[int, list[tuple[str, str]]]]
     stdout: str
     exit_status: int
 
 
-def _expectations(path: Path) -> Expectations:
+def _expectations(path: Path, run: str | None = None) -> Expectations:
     expected: Expectations = defaultdict(list)
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         _, _, comment = line.partition("  #")
         if not comment:
             continue
-        for kind, text in _MARKER.findall("#" + comment):
-            expected[number].append(("error" if kind == "E" else "note", text))
+        for kind, only, text in _MARKER.findall("#" + comment):
+            if not only or run is None or only == run:
+                expected[number].append(("error" if kind == "E" else "note", text))
     return expected
 
 
-def _run_mypy(files: list[Path], config_text: str, tmp: Path) -> MypyRun:
+def _run_mypy(name: str, files: list[Path], config_text: str, tmp: Path) -> MypyRun:
     config = tmp / "mypy.ini"
     config.write_text(config_text.replace("$MYPY_CONFIG_FILE_DIR/../..", str(ROOT)))
     args = [
@@ -93,12 +98,14 @@ def _run_mypy(files: list[Path], config_text: str, tmp: Path) -> MypyRun:
         assert match, f"unparsed mypy output: {line}"
         msg = re.sub(r"\s+\[[a-z0-9-]+\]$", "", match["msg"])
         reports[Path(match["path"]).name][int(match["line"])].append((match["kind"], msg))
-    return MypyRun(reports, stdout, status)
+    return MypyRun(name, reports, stdout, status)
 
 
 @pytest.fixture(scope="session")
 def plugin_run(tmp_path_factory: pytest.TempPathFactory) -> MypyRun:
-    return _run_mypy(PLUGIN_FILES, CONFIG.read_text(), tmp_path_factory.mktemp("mypy-plugin"))
+    return _run_mypy(
+        "plugin", PLUGIN_FILES, CONFIG.read_text(), tmp_path_factory.mktemp("mypy-plugin")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -107,11 +114,11 @@ def plain_run(tmp_path_factory: pytest.TempPathFactory) -> MypyRun:
         line for line in CONFIG.read_text().splitlines() if not line.startswith("plugins")
     )
     assert text != CONFIG.read_text()
-    return _run_mypy(PLAIN_FILES, text + "\n", tmp_path_factory.mktemp("mypy-plain"))
+    return _run_mypy("plain", PLAIN_FILES, text + "\n", tmp_path_factory.mktemp("mypy-plain"))
 
 
 def _compare(path: Path, run: MypyRun) -> None:
-    expected = _expectations(path)
+    expected = _expectations(path, run.name)
     reported = run.reports.get(path.name, {})
     problems: list[str] = []
     for line, wanted in sorted(expected.items()):
@@ -159,16 +166,18 @@ def _pyright() -> str:
     return on_path
 
 
-@pytest.mark.timeout(300)
-def test_pyright_accepts_plugin_free_cases(tmp_path: Path) -> None:
+@pytest.fixture(scope="session")
+def pyright_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[int]]:
+    """Lines pyright (strict) reports an error on, per case file it checks."""
+    tmp = tmp_path_factory.mktemp("pyright")
     config = {
         "pythonVersion": "3.11",
         "typeCheckingMode": "strict",
         "stubPath": str(ROOT / "stubs"),
         "extraPaths": [str(ROOT)],
-        "reportMissingModuleSource": "none",
     }
-    (tmp_path / "pyrightconfig.json").write_text(json.dumps(config))
+    (tmp / "pyrightconfig.json").write_text(json.dumps(config))
+    files = [*PYRIGHT_FILES, *PYRIGHT_ERROR_FILES]
     done = subprocess.run(
         [
             _pyright(),
@@ -176,19 +185,37 @@ def test_pyright_accepts_plugin_free_cases(tmp_path: Path) -> None:
             "--pythonpath",
             sys.executable,
             "-p",
-            str(tmp_path / "pyrightconfig.json"),
-            *map(str, PYRIGHT_FILES),
+            str(tmp / "pyrightconfig.json"),
+            *map(str, files),
         ],
         capture_output=True,
         text=True,
         check=False,
         cwd=ROOT,
+        timeout=240,
     )
     report = json.loads(done.stdout)
-    errors = [
-        f"{Path(d['file']).name}:{d['range']['start']['line'] + 1}: {d['message']}"
-        for d in report["generalDiagnostics"]
-        if d["severity"] == "error"
-    ]
-    assert not errors, "\n".join(errors)
-    assert report["summary"]["filesAnalyzed"] >= len(PYRIGHT_FILES)
+    assert report["summary"]["filesAnalyzed"] >= len(files), done.stdout
+    errors: dict[str, set[int]] = {path.name: set() for path in files}
+    for diagnostic in report["generalDiagnostics"]:
+        if diagnostic["severity"] == "error":
+            line = diagnostic["range"]["start"]["line"] + 1
+            errors[Path(diagnostic["file"]).name].add(line)
+    return errors
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", PYRIGHT_FILES, ids=lambda p: p.name)
+def test_pyright_accepts_plugin_free_cases(path: Path, pyright_errors: dict[str, set[int]]) -> None:
+    assert not pyright_errors[path.name], (
+        f"pyright errors on lines {sorted(pyright_errors[path.name])}"
+    )
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", PYRIGHT_ERROR_FILES, ids=lambda p: p.name)
+def test_pyright_catches_the_plain_mistakes(
+    path: Path, pyright_errors: dict[str, set[int]]
+) -> None:
+    marked = {line for line, wanted in _expectations(path, "plain").items() if wanted}
+    assert pyright_errors[path.name] == marked

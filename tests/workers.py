@@ -27,6 +27,6 @@ def increment(spec: tuple[str, str], times: int) -> None:
     counters = co.Repo(COUNTER, backend=backend)
     try:
         for _ in range(times):
-            co.modify(counters, "hits", lambda c: c._replace(count=c.count + 1))
+            co.modify(counters, "hits", lambda c: c._replace(value=c.value + 1))
     finally:
         backend.close()

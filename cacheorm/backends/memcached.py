@@ -61,6 +61,9 @@ _B64_PREFIX: Final = b"~b"
 _HASH_PREFIX: Final = b"~h"
 _MAX_B64_SOURCE: Final = (MAX_KEY_LENGTH - len(_B64_PREFIX)) // 4 * 3  # 186 bytes
 
+_MAX_DEADLINE: Final = 2**32 - 1
+"""The last unix time an item's 32-bit flags (and memcached's exptime) can hold."""
+
 _CAS_RETRIES: Final = 64
 
 
@@ -251,17 +254,19 @@ class MemcachedBackend:
                     retry_attempts=2**62,
                     retry_timeout=-1.0,
                 )
-        elif isinstance(client, HashClient):
+        else:
             if client.ignore_exc:
                 raise ValidationError(
-                    "pass a HashClient with ignore_exc=False: cacheorm reports a down node "
+                    "pass a client with ignore_exc=False: cacheorm reports a down server "
                     "as BackendError instead of a silent miss"
                 )
-            client.default_kwargs["serde"] = _SERDE
-            for node in client.clients.values():
-                node.serde = _SERDE
-        else:
-            client.serde = _SERDE
+            if isinstance(client, HashClient):
+                client.default_kwargs["serde"] = _SERDE
+                for node in client.clients.values():
+                    node.serde = _SERDE
+                client.retry_attempts, client.retry_timeout = 2**62, -1.0  # as above
+            else:
+                client.serde = _SERDE
         self._client: _McClient = client
 
     # -- plumbing -----------------------------------------------------------
@@ -283,7 +288,10 @@ class MemcachedBackend:
                     "(memcached -I, 1 MiB by default); store less or raise the limit"
                 )
         logger.debug("memcached %s failed: %r", what, err)
-        return BackendError(f"memcached {what} failed: {err!r}")
+        return BackendError(
+            f"memcached {what} failed: {err!r}; check that every server is up, reachable "
+            "and answering within the timeout"
+        )
 
     def _too_large(self, key: bytes, err: ValueTooLarge) -> ValueTooLarge:
         """Make sure a key whose write was refused as too large no longer serves old data."""
@@ -296,6 +304,8 @@ class MemcachedBackend:
         if ttl == 0:
             return 0, 0
         deadline = int(time.time()) + ttl
+        if deadline > _MAX_DEADLINE:  # beyond 2106, as memcached's 32-bit times go: never
+            return 0, 0
         return (ttl if ttl <= _THIRTY_DAYS else deadline), deadline
 
     @staticmethod
@@ -641,6 +651,8 @@ class MemcachedBackend:
             op, key, ttl = command.op, command.key, command.ttl
             if op == "cas":
                 return self.cas(key, command.value, command.token, ttl)
+            if op == "delete_if":
+                return self.delete_if(key, command.token)
             if isinstance(ttl, Keep):
                 raise ValidationError("KEEP_TTL is only valid for cas")
             if op == "get":

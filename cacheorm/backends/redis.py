@@ -62,6 +62,16 @@ return 1
 _TOO_LARGE_MARKERS: Final = ("exceeds maximum allowed size", "invalid bulk length")
 
 
+_MAX_EXPIRE: Final = 10**15
+"""Redis refuses an ``EX`` near 2**63 milliseconds; a TTL this long means "never" anyway."""
+
+
+def _seconds(ttl: object, default: int) -> int:
+    """:func:`resolve_ttl`, with TTLs beyond what Redis can express stored without expiry."""
+    seconds = resolve_ttl(ttl, default)
+    return 0 if seconds > _MAX_EXPIRE else seconds
+
+
 def _token(value: bytes) -> str:
     return hashlib.sha1(value).hexdigest()
 
@@ -116,23 +126,29 @@ class RedisBackend:
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
-        self.default_ttl = resolve_ttl(default_ttl, 0)
+        self.default_ttl = _seconds(default_ttl, 0)
         self._max_value_size = max_value_size
         if (client is None) == (url is None):
             raise ValidationError("RedisBackend needs exactly one of client= or url=")
         if client is None:
             assert url is not None
-            client = redis_module.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_connect_timeout,
-                retry=Retry(
-                    ExponentialBackoff(cap=0.1, base=0.01),
-                    retries,
-                    supported_errors=(redis_module.ConnectionError,),
-                ),
-                retry_on_timeout=False,
+            retry = Retry(
+                ExponentialBackoff(cap=0.1, base=0.01),
+                retries,
+                supported_errors=(redis_module.ConnectionError,),
             )
+            try:
+                client = redis_module.Redis.from_url(
+                    url,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=socket_connect_timeout,
+                    retry=retry,
+                    retry_on_timeout=False,
+                )
+            except ValueError as err:
+                raise ValidationError(
+                    f"not a Redis URL: {url!r}; use redis://host:port/db (or rediss://, unix://)"
+                ) from err
         if client.get_connection_kwargs().get("decode_responses"):
             raise ValidationError(
                 "RedisBackend stores bytes: create the client with decode_responses=False"
@@ -155,7 +171,10 @@ class RedisBackend:
                 "(proto-max-bulk-len, 512 MB by default); store less"
             )
         logger.debug("redis %s failed: %r", what, err)
-        return BackendError(f"redis {what} failed: {err!r}")
+        return BackendError(
+            f"redis {what} failed: {err!r}; check that the server is up, reachable "
+            "and answering within the socket timeout"
+        )
 
     def _too_large(self, key: bytes) -> ValueTooLarge:
         """Refuse a value over the limit, and make sure the key serves no older value."""
@@ -177,7 +196,7 @@ class RedisBackend:
 
     def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
         """Store ``value`` unconditionally (``SET``, with ``EX`` unless the TTL is 0)."""
-        seconds = self.default_ttl if ttl is None else resolve_ttl(ttl, 0)
+        seconds = self.default_ttl if ttl is None else _seconds(ttl, 0)
         if len(value) > self._max_value_size:
             raise self._too_large(key)
         try:
@@ -189,7 +208,7 @@ class RedisBackend:
             raise self._translate("SET", err) from err
 
     def _set_if(self, condition: str, key: bytes, value: bytes, ttl: TTL) -> bool:
-        seconds = resolve_ttl(ttl, self.default_ttl)
+        seconds = _seconds(ttl, self.default_ttl)
         if len(value) > self._max_value_size:
             raise self._too_large(key)
         args: tuple[object, ...] = ("EX", seconds) if seconds else ()
@@ -235,7 +254,7 @@ class RedisBackend:
 
     def set_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> None:
         """Store every pair in one non-transactional pipeline of ``SET [EX]``."""
-        seconds = resolve_ttl(ttl, self.default_ttl)
+        seconds = _seconds(ttl, self.default_ttl)
         if not mapping:
             return
         for key, value in mapping.items():
@@ -253,7 +272,7 @@ class RedisBackend:
 
     def replace_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> list[bool]:
         """Replace each present key (``SET XX``, pipelined); return whether each was stored."""
-        seconds = resolve_ttl(ttl, self.default_ttl)
+        seconds = _seconds(ttl, self.default_ttl)
         if not mapping:
             return []
         args: tuple[object, ...] = ("EX", seconds) if seconds else ()
@@ -296,7 +315,7 @@ class RedisBackend:
 
     def touch(self, key: bytes, ttl: TTL = None) -> bool:
         """Reset the TTL (``EXPIRE``, or ``PERSIST`` for 0). Return whether the key exists."""
-        seconds = resolve_ttl(ttl, self.default_ttl)
+        seconds = _seconds(ttl, self.default_ttl)
         try:
             if seconds:
                 return bool(self._exec("EXPIRE", key, seconds))
@@ -310,7 +329,7 @@ class RedisBackend:
         return None if value is None else (value, _token(value))
 
     def _cas_ttl(self, ttl: int | Keep | None) -> int:
-        return -1 if ttl is KEEP_TTL else resolve_ttl(ttl, self.default_ttl)
+        return -1 if ttl is KEEP_TTL else _seconds(ttl, self.default_ttl)
 
     def cas(
         self, key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None = KEEP_TTL
@@ -376,6 +395,11 @@ class RedisBackend:
                 raise ValidationError("cas needs the token returned by this backend's gets")
             queue("EVAL", _CAS_LUA, 1, key, command.token, command.value, self._cas_ttl(ttl))
             return
+        if op == "delete_if":
+            if not isinstance(command.token, str):
+                raise ValidationError("delete_if needs the token returned by this backend's gets")
+            queue("EVAL", _DELETE_IF_LUA, 1, key, command.token)
+            return
         if isinstance(ttl, Keep):
             raise ValidationError("KEEP_TTL is only valid for cas")
         if op in ("get", "gets"):
@@ -383,7 +407,7 @@ class RedisBackend:
         elif op in ("set", "add", "replace"):
             if len(command.value) > self._max_value_size:
                 raise self._too_large(key)
-            seconds = resolve_ttl(ttl, self.default_ttl)
+            seconds = _seconds(ttl, self.default_ttl)
             extra: tuple[object, ...] = ("EX", seconds) if seconds else ()
             condition = {"set": (), "add": ("NX",), "replace": ("XX",)}[op]
             queue("SET", key, command.value, *condition, *extra)
@@ -392,7 +416,7 @@ class RedisBackend:
         elif op == "has":
             queue("EXISTS", key)
         elif op == "touch":
-            seconds = resolve_ttl(ttl, self.default_ttl)
+            seconds = _seconds(ttl, self.default_ttl)
             if seconds:
                 queue("EXPIRE", key, seconds)
             else:
@@ -426,6 +450,8 @@ class RedisBackend:
             op, key, ttl = command.op, command.key, command.ttl
             if op == "cas":
                 return self.cas(key, command.value, command.token, ttl)
+            if op == "delete_if":
+                return self.delete_if(key, command.token)
             if isinstance(ttl, Keep):
                 raise ValidationError("KEEP_TTL is only valid for cas")
             if op == "get":

@@ -13,12 +13,12 @@ people = co.Repo(PERSON)
 collections = co.Repo(COLLECTION)
 note: Collection = {"collector": "Bob", "note_id": 1, "remark": ""}
 
-co.insert(people, note)  # E: Cannot infer value of type parameter "R" of "insert"
-co.insert(people, Point(1, 2))  # E: Cannot infer value of type parameter "R" of "insert"
-co.get(people, 1)  # E: Cannot infer value of type parameter "K" of "get"
-co.get(collections, ("Bob", "1"))  # E: Cannot infer value of type parameter "K" of "get"
-co.get(collections, "Bob")  # E: Cannot infer value of type parameter "K" of "get"
-co.delete_many(people, [1, 2])  # E: Cannot infer value of type parameter "K" of "delete_many"
+co.insert(people, note)  # E[plain]: Cannot infer value of type parameter "R" of "insert"  # E[plugin]: Argument 2 to "insert" has incompatible type "Collection"; expected "Person"
+co.insert(people, Point(1, 2))  # E[plain]: Cannot infer value of type parameter "R" of "insert"  # E[plugin]: Argument 2 to "insert" has incompatible type "Point"; expected "Person"
+co.get(people, 1)  # E[plain]: Cannot infer value of type parameter "K" of "get"  # E[plugin]: Argument 2 to "get" has incompatible type "int"; expected "str"
+co.get(collections, ("Bob", "1"))  # E[plain]: Cannot infer value of type parameter "K" of "get"  # E[plugin]: Argument 2 to "get" has incompatible type "tuple[str, str]"; expected "tuple[str, int]"
+co.get(collections, "Bob")  # E[plain]: Cannot infer value of type parameter "K" of "get"  # E[plugin]: Argument 2 to "get" has incompatible type "str"; expected "tuple[str, int]"
+co.delete_many(people, [1, 2])  # E[plain]: Cannot infer value of type parameter "K" of "delete_many"  # E[plugin]: List item 0 has incompatible type "int"; expected "str"  # E[plugin]: List item 1 has incompatible type "int"
 height: str = co.get(people, "Sam").height  # E: Incompatible types in assignment
 maybe: Person = co.get_or_none(people, "Sam")  # E: Incompatible types in assignment
 found: list[Person] = co.get_many(people, ["Sam"])  # E: Incompatible types in assignment
@@ -26,6 +26,6 @@ count: bool = co.delete_many(people, ["Sam"])  # E: Incompatible types in assign
 wrong_repo: co.Repo[Person, int] = people  # E: Incompatible types in assignment
 co.modify(people, "Sam", lambda p: p.height)  # E: Argument 3 to "modify" has incompatible type "Callable[[Person], float]"  # E: Incompatible return value type (got "float", expected "Person")
 co.get_or_load(people, "Sam", lambda name: None)  # E: Argument 3 to "get_or_load" has incompatible type  # E: Incompatible return value type (got "None", expected "Person")
-co.ops.get(people, 1)  # E: Cannot infer value of type parameter "K" of "get"
+co.ops.get(people, 1)  # E[plain]: Cannot infer value of type parameter "K" of "get"  # E[plugin]: Argument 2 to "get" has incompatible type "int"; expected "str"
 bad: list[Person] = co.execute(co.ops.get(people, "Sam"), co.ops.exists(people, "Sam"))  # E: Argument 2 to "execute" has incompatible type "Op[bool]"
 co.execute(co.ops.get(people, "Sam"), raise_on_error=False)[0].name  # E: Item "Exception" of "Person | Exception" has no attribute "name"

@@ -30,6 +30,14 @@ assert_type(co.ops.update(people, "Sam", email="s@example.com"), co.ops.Op[Perso
 assert_type(co.update_many(people, {"Sam": {"height": 2.0}, "Bo": {"married": True}}), list[Person | None])
 assert_type(co.ops.update_many(collections, {("Bob", 1): {"remark": ""}}), co.ops.Op[list[Collection | None]])
 
+# R and K come from the repo: a TypedDict literal is checked as the record, and a
+# result may flow into an `object` parameter (plain mypy infers R = object there).
+assert_type(co.insert(collections, {"collector": "Bob", "note_id": 1, "remark": ""}), Collection)
+assert_type(co.ops.add(collections, {"collector": "Bob", "note_id": 2, "remark": ""}), co.ops.Op[Collection])
+seen: object = co.get_or_none(people, "Sam")
+handled = co.on(people, "after_insert", lambda repo, record: print(repo.schema.name, record))
+assert_type(handled, co.Repo[Person, str])
+
 # Dynamic changes stay accepted as the contract declares them.
 changes: dict[str, object] = {"height": 2.0}
 assert_type(co.update(people, "Sam", **changes), Person)

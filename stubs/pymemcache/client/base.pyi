@@ -18,6 +18,7 @@ class KeepaliveOpts:
 class Client:
     server: ServerSpec
     serde: Serde
+    ignore_exc: bool
     sock: socket.socket | None
     def __init__(
         self,
