@@ -484,3 +484,15 @@ def test_memcached_backend_adopts_a_client_but_refuses_ignore_exc(
     assert got is not None
     assert got[0] == b"v"
     backend.close()
+
+
+def test_repeated_keys_in_get_many_and_delete_many(
+    rb: RedisBackend, mc: MemcachedBackend, redis_cluster: RedisCluster
+) -> None:
+    redis_cluster.flush()
+    cluster = RedisBackend(client=redis_cluster.client())
+    for backend in (rb, mc, cluster):
+        backend.set(b"a", b"1")
+        assert backend.get_many(b"a", b"x", b"a") == [b"1", None, b"1"]
+        assert backend.delete_many(b"a", b"a", b"x") == 1
+    cluster.close()

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 STUBS = ROOT / "stubs"
-STUBBED = ["pymemcache"]
+STUBBED = ["pymemcache", "msgpack"]
 
 
 @pytest.mark.timeout(180)
