@@ -144,6 +144,7 @@ class KeyCodec:
         "_prefix_cache",
         "_prefix_tail",
         "_prepares",
+        "_single",
         "_uses_default_layout",
     )
 
@@ -169,11 +170,14 @@ class KeyCodec:
                 _part_text(rule, n) for rule, n in zip(key_rules, key_fields, strict=True)
             )
             self._body = _default_body(texts)
+            # The common case (one key field, default layout) gets a direct path.
+            self._single = (self._prepares[0], texts[0]) if len(texts) == 1 else None
         else:
             for rule, field_name in zip(key_rules, key_fields, strict=True):
                 _part_text(rule, field_name)  # same scalar-only rule for custom formats
             self._prefix_tail = "" if version is None else "@" + escape_header(version) + ":"
             self._body = _format_body(key_format, key_fields, name)
+            self._single = None
 
     def prefix(self, namespace: str) -> str:
         """The text before the key body for ``namespace`` (memoised)."""
@@ -221,7 +225,20 @@ class KeyCodec:
             ValidationError: the key has the wrong shape or type, or a custom
                 ``key_format`` failed on it.
         """
-        return (self.prefix(namespace) + self._body(self.values(key))).encode("utf-8")
+        prefix = self._prefix_cache.get(namespace)
+        if prefix is None:
+            prefix = self.prefix(namespace)
+        single = self._single
+        if single is not None:
+            prepare, text = single
+            try:
+                value = prepare(key)
+            except ValidationError as err:
+                raise ValidationError(
+                    f"{self._name} key field {self._key_fields[0]!r}: {err}"
+                ) from err
+            return (prefix + text(value)).encode("utf-8")
+        return (prefix + self._body(self.values(key))).encode("utf-8")
 
     def counter_key(self, namespace: str = "") -> bytes:
         """The key of the AutoField id counter, disjoint from default-layout record keys."""

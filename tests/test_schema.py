@@ -72,14 +72,11 @@ class Everything(NamedTuple):
 EVERYTHING = co.Schema(Everything, key="id")
 PERSON = co.Schema(Person, key="name")
 
-TZ = (
-    st.none()
-    | st.just(dt.UTC)
-    | st.builds(
-        dt.timezone,
-        st.timedeltas(min_value=dt.timedelta(hours=-12), max_value=dt.timedelta(hours=12)),
-    )
+# Whole-second offsets: a sub-second offset is rejected (see test_fields).
+OFFSETS = st.timedeltas(min_value=dt.timedelta(hours=-12), max_value=dt.timedelta(hours=12)).map(
+    lambda offset: offset - dt.timedelta(microseconds=offset.microseconds)
 )
+TZ = st.none() | st.just(dt.UTC) | st.builds(dt.timezone, OFFSETS)
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 GEOS = st.builds(Geo, FLOATS, FLOATS)
 ADDRESSES = st.fixed_dictionaries({"city": st.text()}, optional={"zip": st.text(max_size=5)})
