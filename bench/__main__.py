@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from bench import records, serializers
+from bench import backends, records, serializers
 
 
 def main() -> None:
     serializers.main()
+    backends.main()
     records.main()
 
 

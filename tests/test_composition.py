@@ -400,3 +400,33 @@ def test_a_dead_memcached_node_fails_fast(server_factory: ServerFactory) -> None
     node.stop()
     with pytest.raises(co.BackendError):
         co.get(people, "Sam")
+
+
+# ------------------------------------------------------------------ tiers through repos
+
+
+def test_tier_in_front_of_redis_serves_repeated_reads_locally(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    far = Counting(co.RedisBackend(url=redis_server.url))
+    tier = co.TieredBackend(co.MemoryBackend(), far, near_ttl=5)  # type: ignore[arg-type]  # proxy
+    people = co.Repo(PERSON, backend=tier, ttl=60)
+    others = co.Repo(PERSON, backend=tier, ttl=60)  # a second repo sharing the tier
+    co.insert(people, Person("Sam", 1.0))
+    far.calls.clear()
+    for _ in range(10):
+        assert co.get(people, "Sam") == Person("Sam", 1.0)
+    assert far.calls["get"] == 0  # all served by the near tier
+    co.update(others, "Sam", height=2.0)
+    assert co.get(people, "Sam").height == 2.0  # a write through another repo is visible at once
+    co.delete(others, "Sam")
+    assert co.get_or_none(people, "Sam") is None
+
+
+def test_tier_near_entries_never_outlive_the_record_ttl(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    tier = co.TieredBackend(co.MemoryBackend(), co.RedisBackend(url=redis_server.url))
+    people = co.Repo(PERSON, backend=tier, ttl=1)
+    co.insert(people, Person("Sam", 1.0))
+    assert co.exists(people, "Sam")
+    time.sleep(1.5)
+    assert co.get_or_none(people, "Sam") is None

@@ -7,6 +7,7 @@ import datetime as dt
 import threading
 import uuid
 from decimal import Decimal
+from typing import NamedTuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -338,3 +339,67 @@ def test_property_get_insert_roundtrip(
     repo = co.Repo(EVERYTHING, backend=backend, serializer=serializer)
     stored = co.insert(repo, rec)
     assert co.get(repo, rec.id) == stored == rec
+
+
+# ------------------------------------------------------------------ evolution, protobuf
+
+
+class PersonV1(NamedTuple):
+    name: str
+    height: float
+    nickname: str = ""
+
+
+class PersonV2(NamedTuple):
+    name: str
+    height: float
+    married: bool = False
+
+
+def test_payload_of_an_older_record_type_reads_into_the_new(backend: co.Backend) -> None:
+    old = co.Repo(co.Schema(PersonV1, key="name", name="Person"), backend=backend)
+    new = co.Repo(co.Schema(PersonV2, key="name", name="Person"), backend=backend)
+    co.insert(old, PersonV1("Sam", 1.5, nickname="S"))
+    assert co.get(new, "Sam") == PersonV2("Sam", 1.5, married=False)  # extra ignored, default used
+    co.insert(new, PersonV2("Ann", 1.6, married=True))
+    assert co.get(old, "Ann") == PersonV1("Ann", 1.6)
+
+
+class NoHeight(NamedTuple):
+    name: str
+
+
+def test_payload_missing_a_required_field_is_a_decode_error(backend: co.Backend) -> None:
+    old = co.Repo(co.Schema(NoHeight, key="name", name="Person"), backend=backend)
+    co.insert(old, NoHeight("Sam"))
+    new = co.Repo(PERSON, backend=backend)
+    with pytest.raises(co.DecodeError, match="height") as info:
+        co.get(new, "Sam")
+    assert "Sam" in str(info.value)
+
+
+class ProtoPerson(NamedTuple):
+    name: str
+    height: float
+    married: bool = False
+    email: str | None = None
+    age: int = 0
+
+
+def test_protobuf_repo_stores_the_wire_format(backend: co.Backend) -> None:
+    from tests.proto_gen import person_pb2
+
+    repo = co.Repo(
+        co.Schema(ProtoPerson, key="name"),
+        backend=backend,
+        serializer=co.ProtobufSerializer(person_pb2.Person),
+    )
+    sam = ProtoPerson("Sam", 178.8)  # married=False, age=0: proto3 does not store them
+    assert co.insert(repo, sam) == sam
+    assert co.get(repo, "Sam") == sam
+    raw = backend.get(repo.schema.encode_key("Sam"))
+    assert raw is not None
+    message = person_pb2.Person.FromString(raw)
+    assert (message.name, message.height, message.HasField("email")) == ("Sam", 178.8, False)
+    assert co.update(repo, "Sam", email="sam@example.com", age=40).age == 40
+    assert co.get(repo, "Sam") == ProtoPerson("Sam", 178.8, email="sam@example.com", age=40)
