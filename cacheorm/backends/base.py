@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Final, Literal, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 from cacheorm.errors import ValidationError
 
@@ -79,9 +78,11 @@ CommandOp: TypeAlias = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
+class Command(NamedTuple):
     """One storage command inside :meth:`Backend.batch`.
+
+    A ``NamedTuple`` rather than a frozen dataclass: batches build one per key,
+    and a tuple is four times cheaper to make.
 
     Results, by ``op``: ``get`` -> ``bytes | None``; ``gets`` ->
     ``tuple[bytes, CasToken] | None``; ``set`` -> ``True``; ``add``,
