@@ -15,7 +15,7 @@ import threading
 from collections.abc import Generator, Sequence
 from typing import TypeAlias, TypeVar
 
-from cacheorm.backends.base import Backend, Command
+from cacheorm.backends.base import Backend, Command, apply
 from cacheorm.errors import BackendError
 
 __all__ = ["Outage", "Plan", "run_many", "run_one"]
@@ -30,7 +30,7 @@ Plan: TypeAlias = Generator[list[Command], list[object], T]
 def dispatch(backend: Backend, commands: Sequence[Command]) -> list[object]:
     """Send one phase of commands to one backend in a single call where possible."""
     if len(commands) == 1:
-        return [_single(backend, commands[0])]
+        return [apply(backend, commands[0])]
     first = commands[0]
     if all(c.op == "get" for c in commands):
         return list(backend.get_many(*[c.key for c in commands]))
@@ -39,35 +39,6 @@ def dispatch(backend: Backend, commands: Sequence[Command]) -> list[object]:
         backend.set_many({c.key: c.value for c in commands}, ttl)
         return [True] * len(commands)
     return backend.batch(commands)
-
-
-def _single(backend: Backend, c: Command) -> object:
-    op = c.op
-    if op == "get":
-        return backend.get(c.key)
-    ttl = c.ttl if isinstance(c.ttl, int) or c.ttl is None else None
-    if op == "set":
-        backend.set(c.key, c.value, ttl)
-        return True
-    if op == "gets":
-        return backend.gets(c.key)
-    if op == "cas":
-        return backend.cas(c.key, c.value, c.token, c.ttl)
-    if op == "add":
-        return backend.add(c.key, c.value, ttl)
-    if op == "replace":
-        return backend.replace(c.key, c.value, ttl)
-    if op == "delete":
-        return backend.delete(c.key)
-    if op == "delete_if":
-        return backend.delete_if(c.key, c.token)
-    if op == "has":
-        return backend.has(c.key)
-    if op == "touch":
-        return backend.touch(c.key, ttl)
-    if op == "incr":
-        return backend.incr(c.key, c.delta)
-    raise AssertionError(f"unknown command {op!r}")
 
 
 class Outage:

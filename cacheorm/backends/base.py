@@ -31,6 +31,7 @@ __all__ = [
     "CommandOp",
     "Keep",
     "TTL",
+    "apply",
     "resolve_ttl",
 ]
 
@@ -190,3 +191,41 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release connections and other resources. The backend is unusable after."""
         ...
+
+
+def apply(backend: Backend, command: Command) -> object:
+    """Run one :class:`Command` through ``backend``'s own methods and return its result.
+
+    The one place that maps a command to a method call: the engine uses it for
+    a lone command, and backends without a native pipeline for their ``batch``.
+
+    Raises:
+        ValidationError: an unknown command, or ``KEEP_TTL`` outside ``cas``.
+    """
+    op, key, ttl = command.op, command.key, command.ttl
+    if op == "get":
+        return backend.get(key)
+    if op == "cas":
+        return backend.cas(key, command.value, command.token, ttl)
+    if isinstance(ttl, Keep):
+        raise ValidationError("KEEP_TTL is only valid for cas")
+    if op == "set":
+        backend.set(key, command.value, ttl)
+        return True
+    if op == "gets":
+        return backend.gets(key)
+    if op == "add":
+        return backend.add(key, command.value, ttl)
+    if op == "replace":
+        return backend.replace(key, command.value, ttl)
+    if op == "delete":
+        return backend.delete(key)
+    if op == "delete_if":
+        return backend.delete_if(key, command.token)
+    if op == "has":
+        return backend.has(key)
+    if op == "touch":
+        return backend.touch(key, ttl)
+    if op == "incr":
+        return backend.incr(key, command.delta)
+    raise ValidationError(f"unknown batch command {op!r}")

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, resolve_ttl
+from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, apply, resolve_ttl
 from cacheorm.errors import BackendError, CacheORMError, ValidationError, ValueTooLarge
 
 if TYPE_CHECKING:
@@ -447,33 +447,7 @@ class RedisBackend:
     def _run_one(self, command: Command) -> object:
         """Run one command through the public methods; return its result or its error."""
         try:
-            op, key, ttl = command.op, command.key, command.ttl
-            if op == "cas":
-                return self.cas(key, command.value, command.token, ttl)
-            if op == "delete_if":
-                return self.delete_if(key, command.token)
-            if isinstance(ttl, Keep):
-                raise ValidationError("KEEP_TTL is only valid for cas")
-            if op == "get":
-                return self.get(key)
-            if op == "gets":
-                return self.gets(key)
-            if op == "set":
-                self.set(key, command.value, ttl)
-                return True
-            if op == "add":
-                return self.add(key, command.value, ttl)
-            if op == "replace":
-                return self.replace(key, command.value, ttl)
-            if op == "delete":
-                return self.delete(key)
-            if op == "has":
-                return self.has(key)
-            if op == "touch":
-                return self.touch(key, ttl)
-            if op == "incr":
-                return self.incr(key, command.delta)
-            raise ValidationError(f"unknown batch command {op!r}")
+            return apply(self, command)
         except CacheORMError as err:
             return err
 
