@@ -16,7 +16,7 @@ from collections.abc import Generator, Sequence
 from typing import TypeAlias, TypeVar
 
 from cacheorm.backends.base import Backend, Command, apply
-from cacheorm.errors import BackendError
+from cacheorm.errors import BackendError, CacheORMError
 
 __all__ = ["Outage", "Plan", "run_many", "run_one"]
 
@@ -27,14 +27,24 @@ Plan: TypeAlias = Generator[list[Command], list[object], T]
 """Yields the commands of a phase, receives their results in order, returns the result."""
 
 
-def dispatch(backend: Backend, commands: Sequence[Command]) -> list[object]:
-    """Send one phase of commands to one backend in a single call where possible."""
+def dispatch(
+    backend: Backend, commands: Sequence[Command], isolate_errors: bool = False
+) -> list[object]:
+    """Send one phase of commands to one backend in a single call where possible.
+
+    ``isolate_errors`` keeps one failing write from failing the others (``batch``
+    reports errors per command; ``set_many`` fails as a whole).
+    """
     if len(commands) == 1:
         return [apply(backend, commands[0])]
     first = commands[0]
     if all(c.op == "get" for c in commands):
         return list(backend.get_many(*[c.key for c in commands]))
-    if first.op == "set" and all(c.op == "set" and c.ttl == first.ttl for c in commands):
+    if (
+        not isolate_errors
+        and first.op == "set"
+        and all(c.op == "set" and c.ttl == first.ttl for c in commands)
+    ):
         ttl = first.ttl if isinstance(first.ttl, int) else None  # a set never carries KEEP_TTL
         backend.set_many({c.key: c.value for c in commands}, ttl)
         return [True] * len(commands)
@@ -129,10 +139,12 @@ def run_many(
             backend = jobs[members[0]][0]
             merged = [c for i in members for c in pending[i]]
             try:
-                answers = dispatch(backend, merged)
-            except BackendError as err:
+                answers = dispatch(backend, merged, isolate_errors=len(members) > 1)
+            except CacheORMError as err:
+                # The whole call failed (server down, or a merged set_many refused
+                # one value): every op in it gets the error, or a miss when allowed.
                 for i in members:
-                    if jobs[i][2]:
+                    if jobs[i][2] and isinstance(err, BackendError):
                         step[i] = Outage.answer(backend, pending[i], err)
                     else:
                         step[i] = err

@@ -134,7 +134,8 @@ class Repo(Generic[R, K]):
         setattr_(self, "refresh_ttl_on_update", refresh_ttl_on_update)
 
     def __hash__(self) -> int:
-        return hash((self.schema, id(self.backend), id(self.serializer), self.ttl, self.namespace))
+        # Coarser than __eq__ (serializers and hooks compare by value), which is allowed.
+        return hash((self.schema, id(self.backend), self.ttl, self.namespace))
 
     def replace(
         self,

@@ -430,3 +430,30 @@ def test_tier_near_entries_never_outlive_the_record_ttl(redis_server: RedisServe
     assert co.exists(people, "Sam")
     time.sleep(1.5)
     assert co.get_or_none(people, "Sam") is None
+
+
+@pytest.mark.parametrize("kind", ["memcached", "redis"])
+def test_one_oversized_op_does_not_fail_the_others_in_a_pipeline(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    backend: co.Backend
+    if kind == "memcached":
+        node: MemcachedServer = request.getfixturevalue("memcached_servers")[0]
+        node.flush()
+        backend = co.MemcachedBackend(servers=[node.address])
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        backend = co.RedisBackend(url=server.url, max_value_size=1024 * 1024)
+    people = co.Repo(PERSON, backend=backend)
+    huge = Person("Huge", 1.0, email="x" * (2 * 1024 * 1024))  # over memcached's 1 MiB items
+    results = co.execute(
+        co.ops.insert(people, Person("Sam", 1.0)),
+        co.ops.insert(people, huge),
+        co.ops.insert(people, Person("Bob", 2.0)),
+        raise_on_error=False,
+    )
+    assert results[0] == Person("Sam", 1.0)
+    assert isinstance(results[1], co.ValueTooLarge)
+    assert results[2] == Person("Bob", 2.0)
+    assert co.get_many(people, ["Sam", "Huge", "Bob"]) == [results[0], None, results[2]]

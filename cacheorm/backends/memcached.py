@@ -638,6 +638,10 @@ class MemcachedBackend:
         for ttl, indexes in sets.items():
             try:
                 self.set_many({commands[i].key: commands[i].value for i in indexes}, ttl)
+            except ValueTooLarge:
+                # One value was refused: redo them one by one so only that one fails.
+                for i in indexes:
+                    results[i] = self._run_one(commands[i])
             except CacheORMError as err:
                 for i in indexes:
                     results[i] = err
