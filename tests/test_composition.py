@@ -15,7 +15,7 @@ import pytest
 import cacheorm as co
 from tests.records import COLLECTION, COUNTER, PERSON, Collection, Counter, Person
 from tests.servers import MemcachedServer, RedisCluster, RedisServer, ServerFactory
-from tests.workers import increment
+from tests.workers import increment, load_once
 
 
 def hammer(repo: co.Repo[Counter, str], threads: int, times: int) -> None:
@@ -113,6 +113,29 @@ def test_get_or_load_runs_the_loader_once(backend: co.Backend) -> None:
     assert calls == ["Sam"]
     assert results == [Person("Sam", 1.0)] * 8
     assert co.get(people, "Sam") == Person("Sam", 1.0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["redis", "filesystem"])
+def test_get_or_load_runs_the_loader_once_across_processes(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        spec = ("redis", server.url)
+    else:
+        spec = ("filesystem", str(tmp_path / "shared"))
+    log = tmp_path / "loader-calls.txt"
+    ctx = multiprocessing.get_context("spawn")
+    start_at = time.time() + 3.0  # after every child has imported cacheorm
+    procs = [ctx.Process(target=load_once, args=(spec, str(log), start_at)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert log.read_text(encoding="utf-8").splitlines() == ["Sam"]
 
 
 def test_get_or_load_loader_error_releases_the_lock() -> None:
