@@ -43,7 +43,7 @@ pytest: $(STAMP) $(PROTO_STAMP) servers
 wheel-check: $(STAMP)
 	@bash .ci/wheel-check $(PY)
 
-test: $(STAMP) servers lint typecheck pytest wheel-check
+test: $(STAMP) servers lint typecheck wheel-check pytest
 
 bench: $(STAMP) servers
 	$(PY) -m bench

@@ -130,6 +130,52 @@ def test_get_many_keeps_order_with_missing_keys(backend: co.Backend) -> None:
     assert backend.get_many() == []
 
 
+def test_get_with_ttl_tells_the_remaining_lifetime(backend: co.Backend) -> None:
+    assert backend.get_with_ttl(b"absent") is None
+    assert backend.get_many_with_ttl() == []
+    backend.set(b"never", b"n", 0)
+    backend.set(b"default", b"d")  # default_ttl is 0 on every fixture backend
+    backend.set(b"hundred", b"h", 100)
+    backend.set(b"with space", b"odd", 100)
+    backend.set(b"long", b"l", MONTH_AND_A_DAY)
+    assert backend.get_with_ttl(b"never") == (b"n", 0.0)
+    assert backend.get_with_ttl(b"default") == (b"d", 0.0)
+    hit = backend.get_with_ttl(b"hundred")
+    assert hit is not None
+    assert hit[0] == b"h"
+    assert 98 <= hit[1] <= 100
+    found = backend.get_many_with_ttl(
+        b"long", b"absent", b"hundred", b"never", b"other", b"with space"
+    )
+    assert [None if f is None else f[0] for f in found] == [b"l", None, b"h", b"n", None, b"odd"]
+    seconds = [None if f is None else f[1] for f in found]
+    assert MONTH_AND_A_DAY - 2 <= (seconds[0] or 0) <= MONTH_AND_A_DAY
+    assert 98 <= (seconds[2] or 0) <= 100
+    assert seconds[3] == 0.0
+    assert 98 <= (seconds[5] or 0) <= 100
+
+
+def test_get_with_ttl_follows_touch_cas_and_counters(backend: co.Backend) -> None:
+    backend.set(b"k", b"v", 100)
+    assert backend.touch(b"k", 50) is True
+    hit = backend.get_with_ttl(b"k")
+    assert hit is not None
+    assert 48 <= hit[1] <= 50
+    got = backend.gets(b"k")
+    assert got is not None
+    assert backend.cas(b"k", b"v2", got[1], co.KEEP_TTL) is True
+    hit = backend.get_with_ttl(b"k")
+    assert hit is not None
+    assert hit[0] == b"v2"
+    assert 47 <= hit[1] <= 50
+    assert backend.touch(b"k", 0) is True
+    assert backend.get_with_ttl(b"k") == (b"v2", 0.0)
+    assert backend.incr(b"n", 3) == 3
+    assert backend.get_many_with_ttl(b"n", b"k") == [(b"3", 0.0), (b"v2", 0.0)]
+    backend.delete(b"k")
+    assert backend.get_many_with_ttl(b"k", b"n") == [None, (b"3", 0.0)]
+
+
 def test_set_many_then_get_many(backend: co.Backend) -> None:
     mapping = {b"k%d" % i: b"v%d" % i for i in range(20)}
     backend.set_many(mapping)
@@ -227,8 +273,8 @@ def test_touch_reports_whether_the_key_exists(backend: co.Backend) -> None:
 def test_expiry_with_real_time(backend: co.Backend, backend_kind: str) -> None:
     """Every real-clock expiry rule, checked after one shared sleep.
 
-    Keys expected to expire are not read before the sleep: a tiered backend
-    copies a value read from ``far`` into ``near`` for a fixed time.
+    Keys expected to expire are read before the sleep too: a copy a tiered
+    backend keeps in ``near`` must expire with the entry it copies.
     """
     backend.set(b"set-1", b"v", 1)
     assert backend.add(b"add-1", b"v", 1) is True
@@ -256,16 +302,20 @@ def test_expiry_with_real_time(backend: co.Backend, backend_kind: str) -> None:
     assert backend.cas(b"cas-1", b"v2", got[1], 1) is True
     assert backend.incr(b"counter-1", 5) == 5
     assert backend.touch(b"counter-1", 1) is True
+    gone = [b"set-1", b"add-1", b"replace-1", b"many-1a", b"many-1b", b"touch-1"]
+    gone += [b"cas-keep", b"cas-1", b"counter-1"]
+    assert None not in backend.get_many(*gone)
+    assert None not in [backend.get(k) for k in gone]
+    assert None not in backend.get_many_with_ttl(*gone)
 
     # memcached's clock ticks once a second, so a 1 s TTL may last almost 2 s.
     time.sleep(2.1 if backend_kind.startswith("memcached") else 1.1)
 
-    gone = [b"set-1", b"add-1", b"replace-1", b"many-1a", b"many-1b", b"touch-1"]
-    gone += [b"cas-keep", b"cas-1", b"counter-1"]
     kept = [b"touch-0", b"never", b"default", b"long", b"cas-0"]
     assert backend.get_many(*gone) == [None] * len(gone)
     assert [backend.get(k) for k in gone] == [None] * len(gone)
     assert [backend.has(k) for k in gone] == [False] * len(gone)
+    assert backend.get_many_with_ttl(*gone) == [None] * len(gone)
     assert backend.get_many(*kept) == [b"v", b"v", b"v", b"v", b"v2"]
     assert backend.add(b"set-1", b"again") is True
     assert backend.get(b"set-1") == b"again"

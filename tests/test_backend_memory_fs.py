@@ -10,8 +10,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +22,9 @@ from cacheorm.backends.base import Command
 from cacheorm.backends.filesystem import FileSystemBackend
 from cacheorm.backends.memory import MemoryBackend
 from cacheorm.backends.tiered import FILL_TTL, TieredBackend
+
+if TYPE_CHECKING:
+    from tests.servers import RedisServer
 
 
 class FakeClock:
@@ -49,6 +54,14 @@ class CountingBackend(MemoryBackend):
     def get_many(self, *keys: bytes) -> list[bytes | None]:
         self.reads += 1
         return super().get_many(*keys)
+
+    def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
+        self.reads += 1
+        return super().get_with_ttl(key)
+
+    def get_many_with_ttl(self, *keys: bytes) -> list[tuple[bytes, float] | None]:
+        self.reads += 1
+        return super().get_many_with_ttl(*keys)
 
     def batch(self, commands: Sequence[Command]) -> list[object]:
         self.reads += 1
@@ -369,6 +382,89 @@ def test_tiered_fill_without_near_ttl_uses_the_default() -> None:
     assert near.get(b"k") == b"v"
     clock.advance(1)
     assert near.get(b"k") is None
+
+
+def test_tiered_copy_filled_by_a_read_expires_with_far() -> None:
+    # near and far share the fake clock, as two processes share real time.
+    tier, near, far, clock = _tier()
+    far.set(b"get", b"v", 5)  # written to far by "another process"
+    far.set(b"many", b"v", 5)
+    far.set(b"batch", b"v", 5)
+    assert tier.get(b"get") == b"v"
+    assert tier.get_many(b"many", b"absent") == [b"v", None]
+    assert tier.batch([Command("get", b"batch")]) == [b"v"]
+    assert near.get_many(b"get", b"many", b"batch") == [b"v", b"v", b"v"]  # filled
+    reads = far.reads
+    clock.advance(4)
+    assert tier.get_many(b"get", b"many", b"batch") == [b"v", b"v", b"v"]
+    assert far.reads == reads  # served by near
+    clock.advance(2)  # far's entries expired 1 s ago
+    assert near.get_many(b"get", b"many", b"batch") == [None, None, None]
+    assert tier.get(b"get") is None
+    assert tier.get_many(b"many") == [None]
+    assert tier.batch([Command("get", b"batch")]) == [None]
+
+
+def test_tiered_fill_takes_whole_seconds_and_skips_the_last_one() -> None:
+    tier, near, far, clock = _tier()
+    far.set(b"k", b"v", 10)
+    clock.advance(7.5)
+    assert tier.get(b"k") == b"v"  # 2.5 s left in far: a 2 s copy
+    clock.advance(1.75)
+    assert near.get(b"k") == b"v"
+    clock.advance(0.25)
+    assert near.get(b"k") is None
+    assert tier.get(b"k") == b"v"  # 0.5 s left: served, not copied
+    assert near.get(b"k") is None
+    assert tier.get_with_ttl(b"k") == (b"v", 0.5)  # far's word
+    clock.advance(0.5)
+    assert tier.get(b"k") is None
+
+
+def test_tiered_fill_is_capped_by_near_ttl_and_far_lifetime() -> None:
+    tier, near, far, clock = _tier(near_ttl=5)
+    far.set_many({b"short": b"v"}, 3)
+    far.set_many({b"long": b"v"}, 100)
+    far.set(b"never", b"v", 0)
+    assert tier.get_many(b"short", b"long", b"never") == [b"v", b"v", b"v"]
+    clock.advance(3)
+    assert near.get_many(b"short", b"long", b"never") == [None, b"v", b"v"]
+    clock.advance(2)
+    assert near.get_many(b"long", b"never") == [None, None]
+
+
+def test_tiered_gets_drops_the_near_copy() -> None:
+    tier, near, far, _ = _tier()
+    tier.set(b"k", b"v", 100)
+    far.set(b"k", b"changed", 1)  # another process shortens the entry
+    got = tier.gets(b"k")
+    assert got is not None
+    assert got[0] == b"changed"
+    assert near.get(b"k") is None  # no copy of unknown lifetime
+    assert tier.batch([Command("gets", b"k")])[0] is not None
+    assert near.get(b"k") is None
+
+
+@pytest.mark.timeout(30)
+def test_tiered_copy_expires_with_a_real_redis_far(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    raw = redis_server.client()
+    near = MemoryBackend()
+    tier = TieredBackend(near, co.RedisBackend(url=redis_server.url))
+    try:
+        raw.set(b"k", b"v", px=1200)  # another process writes far, 1.2 s to live
+        assert tier.get(b"k") == b"v"
+        assert near.get(b"k") == b"v"  # the read filled near
+        time.sleep(1.3)
+        assert tier.get(b"k") is None
+        raw.set(b"many", b"v", px=1200)
+        assert tier.get_many(b"many", b"absent") == [b"v", None]
+        assert near.get(b"many") == b"v"
+        time.sleep(1.3)
+        assert tier.get_many(b"many") == [None]
+    finally:
+        raw.close()
+        tier.close()
 
 
 def test_tiered_delete_is_visible_at_once() -> None:

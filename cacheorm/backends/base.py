@@ -113,6 +113,20 @@ class Backend(Protocol):
         """Return the value, or ``None`` when the key is absent or expired."""
         ...
 
+    def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
+        """Return the value with its remaining lifetime, in one round trip.
+
+        Returns:
+            ``(value, seconds)``: ``seconds`` is ``0.0`` when the entry never
+            expires, otherwise greater than ``0``; ``None`` when the key is
+            absent or expired.
+        """
+        ...
+
+    def get_many_with_ttl(self, *keys: bytes) -> list[tuple[bytes, float] | None]:
+        """:meth:`get_with_ttl` for several keys in one round trip, in key order."""
+        ...
+
     def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
         """Store ``value`` unconditionally."""
         ...

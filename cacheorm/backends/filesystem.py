@@ -330,6 +330,23 @@ class FileSystemBackend:
         entry = self._read(key)
         return None if entry is None else entry.value
 
+    def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
+        """Return the value and its remaining seconds (``0.0`` = never), or ``None``."""
+        now = self._clock()
+        entry = self._read(key)
+        if entry is None:
+            return None
+        if not entry.expires:
+            return entry.value, 0.0
+        # _read checked the expiry against a later clock reading, so this is > 0
+        # unless the wall clock stepped back in between: then it is a miss.
+        remaining = entry.expires - now
+        return (entry.value, remaining) if remaining > 0 else None
+
+    def get_many_with_ttl(self, *keys: bytes) -> list[tuple[bytes, float] | None]:
+        """:meth:`get_with_ttl` for each key, in key order."""
+        return [self.get_with_ttl(key) for key in keys]
+
     def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
         """Store ``value`` unconditionally (atomic file replace)."""
         seconds = resolve_ttl(ttl, self.default_ttl)

@@ -66,6 +66,9 @@ _MAX_DEADLINE: Final = 2**32 - 1
 
 _CAS_RETRIES: Final = 64
 
+_EXPIRING: Final = 0.001
+"""Remaining seconds reported for an item memcached still serves past its deadline."""
+
 
 def memcached_key(key: bytes) -> bytes:
     """Map any ``bytes`` key to a key memcached accepts, injectively and deterministically.
@@ -181,6 +184,23 @@ def _value(item: object) -> bytes:
 
 def _flags(item: object) -> int:
     return cast("tuple[bytes, int]", item)[1]
+
+
+def _with_ttl(item: object, now: float) -> tuple[bytes, float] | None:
+    """An item read through :class:`_FlagsSerde`, with the lifetime its flags remember.
+
+    Flags hold the absolute deadline written by this backend (``0`` = never;
+    small values were not written by us: never, as in ``_kept_expiry``). The
+    deadline is rounded down to a whole second, and memcached's clock ticks in
+    whole seconds, so an item may still be served a little past it: it is then
+    reported as about to expire rather than as a miss, agreeing with ``get``.
+    """
+    if item is None:
+        return None
+    value, deadline = cast("tuple[bytes, int]", item)
+    if deadline <= _THIRTY_DAYS:
+        return value, 0.0
+    return value, max(deadline - now, _EXPIRING)
 
 
 class MemcachedBackend:
@@ -403,6 +423,20 @@ class MemcachedBackend:
         encoded = [memcached_key(key) for key in keys]
         found = self._call("get_many", self._client.get_many, encoded)
         return [None if (item := found.get(k)) is None else _value(item) for k in encoded]
+
+    def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
+        """Return the value and its remaining seconds (``0.0`` = never), from its flags."""
+        item = self._call("get", self._client.get, memcached_key(key))
+        return _with_ttl(item, time.time())
+
+    def get_many_with_ttl(self, *keys: bytes) -> list[tuple[bytes, float] | None]:
+        """:meth:`get_with_ttl` for each key, in key order, with one ``get`` per server."""
+        if not keys:
+            return []
+        encoded = [memcached_key(key) for key in keys]
+        found = self._call("get_many", self._client.get_many, encoded)
+        now = time.time()
+        return [_with_ttl(found.get(k), now) for k in encoded]
 
     def set_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> None:
         """Store every pair with one pipelined ``set`` per server."""

@@ -127,6 +127,15 @@ class MemoryBackend:
         self._data.move_to_end(key)
         return entry.value
 
+    def _get_with_ttl(self, key: bytes, now: float) -> tuple[bytes, float] | None:
+        entry = self._live(key)
+        # _live read the clock after ``now``, so expires > now unless the clock
+        # stepped back in between (a clock passed by the caller may): then a miss.
+        if entry is None or (entry.expires and entry.expires <= now):
+            return None
+        self._data.move_to_end(key)
+        return entry.value, (entry.expires - now if entry.expires else 0.0)
+
     def _add(self, key: bytes, value: bytes, seconds: int) -> bool:
         if self._live(key) is not None:
             return False
@@ -231,6 +240,17 @@ class MemoryBackend:
                 return None
             self._data.move_to_end(key)
             return entry.value
+
+    def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
+        """Return the value and its remaining seconds (``0.0`` = never), or ``None``."""
+        with self._lock:
+            return self._get_with_ttl(key, self._clock())
+
+    def get_many_with_ttl(self, *keys: bytes) -> list[tuple[bytes, float] | None]:
+        """:meth:`get_with_ttl` for each key, in key order."""
+        with self._lock:
+            now = self._clock()
+            return [self._get_with_ttl(key, now) for key in keys]
 
     def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
         """Store ``value`` unconditionally."""

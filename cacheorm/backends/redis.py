@@ -252,6 +252,40 @@ class RedisBackend:
             raise self._translate("MGET", err) from err
         return found
 
+    def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
+        """Return the value and its remaining seconds (``0.0`` = never): ``GET`` + ``PTTL``."""
+        return self.get_many_with_ttl(key)[0]
+
+    def get_many_with_ttl(self, *keys: bytes) -> list[tuple[bytes, float] | None]:
+        """``GET`` + ``PTTL`` per key in one non-transactional pipeline, in key order.
+
+        Not atomic: a write by another client between a key's ``GET`` and
+        ``PTTL`` can pair the value read with the new entry's lifetime. Such a
+        value is stale anyway, as after any concurrent write.
+        """
+        if not keys:
+            return []
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            queue: Callable[..., Any] = pipe.execute_command
+            for key in keys:
+                queue("GET", key)
+                queue("PTTL", key)
+            replies: list[Any] = pipe.execute()
+        except self._errors as err:
+            raise self._translate("GET + PTTL (pipeline)", err) from err
+        found: list[tuple[bytes, float] | None] = []
+        for i in range(0, len(replies), 2):
+            value: bytes | None = replies[i]
+            pttl = int(replies[i + 1])
+            # PTTL: -1 no expiry; -2 gone since the GET; 0 expiring this millisecond
+            # (reported as 1 ms: 0.0 would mean never).
+            if value is None or pttl == -2:
+                found.append(None)
+            else:
+                found.append((value, 0.0 if pttl == -1 else max(pttl, 1) / 1000))
+        return found
+
     def set_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> None:
         """Store every pair in one non-transactional pipeline of ``SET [EX]``."""
         seconds = _seconds(ttl, self.default_ttl)

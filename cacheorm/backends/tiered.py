@@ -7,16 +7,20 @@ first and fill it from ``far``; writes and deletes go to ``far`` first, then
 ``delete_if``, ``incr``...) are decided by ``far`` alone, then ``near`` is
 updated or invalidated to match.
 
-A ``near`` entry never outlives the ``far`` one it copies: it gets the TTL of
-the write (capped by ``near_ttl``). When ``near`` is filled by a *read*, the
-remaining lifetime in ``far`` is unknown, so the entry gets ``near_ttl``, or
-:data:`FILL_TTL` seconds when ``near_ttl`` is not set. Writes made to ``far``
-by other processes are seen through ``near`` after at most that long.
+A ``near`` copy never outlives the ``far`` entry it copies. A write through
+the tier gives the copy the write's TTL; a *read* that fills ``near`` asks
+``far`` for the entry's remaining lifetime (:meth:`Backend.get_with_ttl`, in
+the same round trip) and gives the copy that many whole seconds, or nothing
+when under one second is left. ``near_ttl`` (:data:`FILL_TTL` seconds for
+read fills when it is not set) additionally caps every copy, which bounds how
+stale a copy can get when *other* processes write ``far``: they are seen
+through ``near`` after at most that long.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -28,7 +32,10 @@ __all__ = ["FILL_TTL", "TieredBackend"]
 logger = logging.getLogger(__name__)
 
 FILL_TTL: Final = 60
-"""Seconds a value read from ``far`` stays in ``near`` when ``near_ttl`` is not set."""
+"""The longest a value read from ``far`` stays in ``near`` when ``near_ttl`` is not set.
+
+Shorter when the far entry expires sooner.
+"""
 
 
 def _shorter(a: int, b: int) -> int:
@@ -47,10 +54,12 @@ class TieredBackend:
         near: the fast, local cache (typically a ``MemoryBackend``).
         far: the shared cache and source of truth.
         near_ttl: the longest a value stays in ``near``, in seconds, bounding
-            how stale a copy can get when other processes write ``far``.
-            ``None``: the TTL of each write, and :data:`FILL_TTL` for values
-            copied from ``far`` on a read. ``0``: no bound (copies read from
-            ``far`` never expire; only safe when no one else writes ``far``).
+            how stale a copy can get when other processes write ``far``. A
+            copy never outlives the far entry, whatever this is. ``None``: no
+            bound beyond the far entry's lifetime for copies written through
+            the tier, :data:`FILL_TTL` for values copied from ``far`` on a
+            read. ``0``: no bound at all (only safe when no one else writes
+            ``far``).
 
     Raises:
         ValidationError: an illegal ``near_ttl``.
@@ -81,6 +90,27 @@ class TieredBackend:
         seconds = resolve_ttl(ttl, self.far.default_ttl)
         return seconds if self.near_ttl is None else _shorter(self.near_ttl, seconds)
 
+    def _fill_ttl_for(self, remaining: float) -> int | None:
+        """The TTL of a near copy of a far entry with ``remaining`` seconds (0.0 = never).
+
+        Whole seconds rounded down, so the copy expires no later than the far
+        entry; ``None`` (do not copy) when less than a second is left, as a
+        TTL of ``0`` would mean never.
+        """
+        if remaining == 0.0:
+            return self._fill_ttl
+        seconds = math.floor(remaining)
+        return None if seconds < 1 else _shorter(self._fill_ttl, seconds)
+
+    def _fill(self, keys: Sequence[bytes], found: Sequence[tuple[bytes, float] | None]) -> None:
+        """Copy what ``far.get_many_with_ttl`` found into ``near``: one ``set_many`` per TTL."""
+        by_ttl: dict[int, dict[bytes, bytes]] = {}
+        for key, hit in zip(keys, found, strict=True):
+            if hit is not None and (ttl := self._fill_ttl_for(hit[1])) is not None:
+                by_ttl.setdefault(ttl, {})[key] = hit[0]
+        for ttl, mapping in by_ttl.items():
+            self.near.set_many(mapping, ttl)
+
     def _drop(self, *keys: bytes) -> None:
         """Invalidate near copies after a far failure, without hiding the far error."""
         try:
@@ -93,43 +123,56 @@ class TieredBackend:
     # -- reads ----------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
-        """``near``, else ``far`` (copying the value into ``near``)."""
+        """``near``, else ``far`` (copying the value into ``near`` for as long as it lives)."""
         value = self.near.get(key)
         if value is not None:
             return value
-        value = self.far.get(key)
-        if value is not None:
-            self.near.set(key, value, self._fill_ttl)
-        return value
+        hit = self.far.get_with_ttl(key)
+        if hit is None:
+            return None
+        ttl = self._fill_ttl_for(hit[1])
+        if ttl is not None:
+            self.near.set(key, hit[0], ttl)
+        return hit[0]
 
     def get_many(self, *keys: bytes) -> list[bytes | None]:
-        """``near`` for every key, then one ``far.get_many`` for the misses."""
+        """``near`` for every key, then one ``far.get_many_with_ttl`` for the misses."""
         found = self.near.get_many(*keys)
         missing = [i for i, value in enumerate(found) if value is None]
         if not missing:
             return found
-        fetched = self.far.get_many(*[keys[i] for i in missing])
-        fill: dict[bytes, bytes] = {}
-        for i, value in zip(missing, fetched, strict=True):
-            found[i] = value
-            if value is not None:
-                fill[keys[i]] = value
-        if fill:
-            self.near.set_many(fill, self._fill_ttl)
+        for i, hit in zip(missing, self._fetch([keys[i] for i in missing]), strict=True):
+            found[i] = None if hit is None else hit[0]
         return found
+
+    def _fetch(self, keys: Sequence[bytes]) -> list[tuple[bytes, float] | None]:
+        """Read ``keys`` from ``far`` with their lifetimes and copy the hits into ``near``."""
+        fetched = self.far.get_many_with_ttl(*keys)
+        self._fill(keys, fetched)
+        return fetched
+
+    def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
+        """``far``'s value and remaining lifetime (a near copy's may be shorter); fills ``near``."""
+        return self._fetch([key])[0]
+
+    def get_many_with_ttl(self, *keys: bytes) -> list[tuple[bytes, float] | None]:
+        """``far``'s values and lifetimes, in key order; fills ``near``."""
+        return self._fetch(keys) if keys else []
 
     def has(self, key: bytes) -> bool:
         """Whether ``near`` or ``far`` holds the key."""
         return self.near.has(key) or self.far.has(key)
 
     def gets(self, key: bytes) -> tuple[bytes, CasToken] | None:
-        """``far``'s value and token (a near copy has no token); fills ``near``."""
-        got = self.far.gets(key)
-        if got is None:
-            self.near.delete(key)
-        else:
-            self.near.set(key, got[0], self._fill_ttl)
-        return got
+        """``far``'s value and token (a near copy has no token).
+
+        The near copy is dropped: ``far.gets`` does not tell the entry's
+        lifetime, so a refreshed copy could outlive it. The next read refills.
+        """
+        try:
+            return self.far.gets(key)
+        finally:
+            self._drop(key)
 
     # -- writes ---------------------------------------------------------------
 
@@ -251,13 +294,15 @@ class TieredBackend:
     # -- batch ------------------------------------------------------------------
 
     def batch(self, commands: Sequence[Command]) -> list[object]:
-        """Serve plain ``get``s from ``near`` where possible; send the rest to ``far``.
+        """Serve plain ``get``s through ``near`` where possible; send the rest to ``far``.
 
-        A ``get`` is answered by ``near`` only when no earlier command of the
-        batch writes its key. Everything else goes to ``far`` in one
-        ``far.batch``, in order; ``near`` is then updated command by command:
-        read values are copied in, stored values copied, anything else
-        (deletes, counters, failures) dropped.
+        A ``get`` is answered like :meth:`get_many` (``near``, then one
+        ``far.get_many_with_ttl`` for the misses, copied into ``near``) only
+        when no earlier command of the batch writes its key; it then reads
+        the value from before the batch, as it would in order. Everything else
+        goes to ``far`` in one ``far.batch``, in order; ``near`` is then
+        updated command by command: stored values copied, anything else
+        (deletes, counters, ``gets``, failures) dropped.
         """
         results: list[object] = [None] * len(commands)
         written: set[bytes] = set()
@@ -271,11 +316,23 @@ class TieredBackend:
         near_values = (
             self.near.get_many(*[commands[i].key for i in candidates]) if candidates else []
         )
-        served: set[int] = set()
+        missed: dict[bytes, list[int]] = {}
         for i, value in zip(candidates, near_values, strict=True):
-            if value is not None:
+            if value is None:
+                missed.setdefault(commands[i].key, []).append(i)
+            else:
                 results[i] = value
-                served.add(i)
+        served = set(candidates)
+        if missed:
+            try:
+                fetched: list[object] = [
+                    None if hit is None else hit[0] for hit in self._fetch(list(missed))
+                ]
+            except CacheORMError as err:
+                fetched = [err] * len(missed)  # in each slot, like a failed far command
+            for indexes, answer in zip(missed.values(), fetched, strict=True):
+                for i in indexes:
+                    results[i] = answer
         remote = [i for i in range(len(commands)) if i not in served]
         if not remote:
             return results
@@ -292,20 +349,18 @@ class TieredBackend:
     def _follow(self, command: Command, answer: object) -> None:
         """Bring ``near`` in line with one far command's result."""
         op, key = command.op, command.key
+        if op in ("get", "has"):
+            # Reads change nothing. (A get reaches far.batch only after a write
+            # of its key, whose own follow-up already copied or dropped it.)
+            return
         try:
-            if op == "get" or op == "gets":
-                copy = answer if op == "get" else answer[0] if isinstance(answer, tuple) else None
-                if isinstance(copy, bytes):
-                    self.near.set(key, copy, self._fill_ttl)
-                elif op == "gets" and answer is None:
-                    self.near.delete(key)
-            elif (
+            if (
                 op in ("set", "add", "replace", "cas")
                 and answer is True
                 and not isinstance(command.ttl, Keep)
             ):
                 self.near.set(key, command.value, self._near_ttl(command.ttl))
-            elif op != "has":
+            else:
                 self.near.delete(key)
         except CacheORMError:
             self._drop(key)
