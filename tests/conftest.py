@@ -44,7 +44,9 @@ def make_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> c
     if kind == "redis_cluster":
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
         cluster.flush()
-        return co.RedisBackend(client=cluster.client())
+        client = cluster.client()
+        request.addfinalizer(client.close)  # a passed-in client is its owner's to close
+        return co.RedisBackend(client=client)
     if kind in ("memcached", "memcached_multi"):
         nodes: list[MemcachedServer] = request.getfixturevalue("memcached_servers")
         chosen = nodes[:1] if kind == "memcached" else nodes[1:3]

@@ -496,3 +496,16 @@ def test_repeated_keys_in_get_many_and_delete_many(
         assert backend.get_many(b"a", b"x", b"a") == [b"1", None, b"1"]
         assert backend.delete_many(b"a", b"a", b"x") == 1
     cluster.close()
+
+
+def test_close_leaves_a_passed_in_client_open(
+    redis_server: RedisServer, memcached_servers: list[MemcachedServer]
+) -> None:
+    client = redis_server.client()
+    co.RedisBackend(client=client).close()
+    assert client.ping() is True  # still usable by its owner
+    client.close()
+    raw = memcached_servers[0].client()
+    co.MemcachedBackend(client=raw).close()
+    raw.set("still-open", b"1", noreply=False)
+    raw.close()

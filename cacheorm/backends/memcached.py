@@ -248,6 +248,7 @@ class MemcachedBackend:
         self._server_error: type[BaseException] = MemcacheServerError
         self._client_error: type[BaseException] = MemcacheClientError
         self._lock = threading.Lock()
+        self._owns_client = client is None
         if client is None:
             if not servers:
                 raise ValidationError("MemcachedBackend needs at least one server")
@@ -691,7 +692,12 @@ class MemcachedBackend:
             return err
 
     def close(self) -> None:
-        """Close the connections. The backend is unusable after."""
+        """Close the connections this backend opened; the backend is unusable after.
+
+        A client passed in as ``client=`` is left open: its owner closes it.
+        """
+        if not self._owns_client:
+            return
         try:
             with self._lock:
                 self._client.close()

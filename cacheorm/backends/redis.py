@@ -130,6 +130,7 @@ class RedisBackend:
         self._max_value_size = max_value_size
         if (client is None) == (url is None):
             raise ValidationError("RedisBackend needs exactly one of client= or url=")
+        self._owns_client = client is None
         if client is None:
             assert url is not None
             retry = Retry(
@@ -486,7 +487,13 @@ class RedisBackend:
             return err
 
     def close(self) -> None:
-        """Close the client and its connection pool. The backend is unusable after."""
+        """Close the client this backend made from ``url``; the backend is unusable after.
+
+        A client passed in as ``client=`` is left open: it may be shared, and its
+        owner closes it.
+        """
+        if not self._owns_client:
+            return
         try:
             self._client.close()
         except self._errors as err:
