@@ -164,10 +164,11 @@ def plan_get_or_none(repo: Repo[R, K], key: K) -> Plan[R | None]:
 
 def plan_get(repo: Repo[R, K], key: K) -> Plan[R]:
     """Read one record; :class:`NotFound` when missing."""
-    record = yield from plan_get_or_none(repo, key)
-    if record is None:
+    # The hot path: plan_get_or_none inlined rather than delegated to.
+    (raw,) = yield [Command("get", repo.schema.encode_key(key, repo.namespace))]
+    if raw is None:
         raise NotFound(f"{repo.schema.name} {key!r} not found")
-    return record
+    return _decode(repo, _as_bytes(_check(raw)), key)
 
 
 def plan_get_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[list[R | None]]:

@@ -193,7 +193,10 @@ def _redis_args(port: int, directory: Path, extra: Sequence[str] = ()) -> list[s
 
 
 def _memcached_args(port: int) -> list[str]:
-    args = ["-l", _HOST, "-p", str(port), "-U", "0", "-m", "64", "-t", "2"]
+    # One worker thread: memcached spreads connections over its threads, and on a
+    # small VM the thread a connection lands on swings its latency 5x, which would
+    # make the benchmark compare thread placement instead of code.
+    args = ["-l", _HOST, "-p", str(port), "-U", "0", "-m", "64", "-t", "1"]
     if os.geteuid() == 0:
         args += ["-u", "root"]  # memcached refuses to run as root without it
     return args
