@@ -31,7 +31,10 @@ __all__ = [
     "CommandOp",
     "Keep",
     "TTL",
+    "LocalStore",
     "apply",
+    "apply_local",
+    "check_delta",
     "resolve_ttl",
 ]
 
@@ -242,4 +245,66 @@ def apply(backend: Backend, command: Command) -> object:
         return backend.touch(key, ttl)
     if op == "incr":
         return backend.incr(key, command.delta)
+    raise ValidationError(f"unknown batch command {op!r}")
+
+
+class LocalStore(Protocol):
+    """What the in-process stores (memory, filesystem) provide under their own lock.
+
+    Each method assumes the caller holds the store's lock; TTLs arrive resolved
+    to whole seconds. :func:`apply_local` maps a :class:`Command` onto them, so
+    both stores run ``batch`` atomically through one dispatcher.
+    """
+
+    default_ttl: int
+
+    def _get(self, key: bytes) -> bytes | None: ...
+    def _gets(self, key: bytes) -> tuple[bytes, CasToken] | None: ...
+    def _set(self, key: bytes, value: bytes, seconds: int) -> None: ...
+    def _add(self, key: bytes, value: bytes, seconds: int) -> bool: ...
+    def _replace(self, key: bytes, value: bytes, seconds: int) -> bool: ...
+    def _cas(self, key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None) -> bool: ...
+    def _delete(self, key: bytes) -> bool: ...
+    def _delete_if(self, key: bytes, token: CasToken) -> bool: ...
+    def _has(self, key: bytes) -> bool: ...
+    def _touch(self, key: bytes, seconds: int) -> bool: ...
+    def _incr(self, key: bytes, delta: int) -> int: ...
+
+
+def check_delta(delta: object) -> int:
+    """Return ``delta`` if it is an ``int`` (not a ``bool``), else raise ValidationError."""
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise ValidationError(f"delta must be an int, got {delta!r}")
+    return delta
+
+
+def apply_local(store: LocalStore, command: Command) -> object:
+    """Run one command on an in-process store whose lock the caller holds."""
+    op, key, ttl = command.op, command.key, command.ttl
+    if op == "cas":
+        return store._cas(key, command.value, command.token, ttl)
+    if isinstance(ttl, Keep):
+        raise ValidationError("KEEP_TTL is only valid for cas")
+    if op == "get":
+        return store._get(key)
+    if op == "gets":
+        return store._gets(key)
+    if op == "delete":
+        return store._delete(key)
+    if op == "delete_if":
+        return store._delete_if(key, command.token)
+    if op == "has":
+        return store._has(key)
+    if op == "incr":
+        return store._incr(key, check_delta(command.delta))
+    seconds = resolve_ttl(ttl, store.default_ttl)
+    if op == "set":
+        store._set(key, command.value, seconds)
+        return True
+    if op == "add":
+        return store._add(key, command.value, seconds)
+    if op == "replace":
+        return store._replace(key, command.value, seconds)
+    if op == "touch":
+        return store._touch(key, seconds)
     raise ValidationError(f"unknown batch command {op!r}")

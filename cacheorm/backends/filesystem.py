@@ -31,8 +31,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
 
-from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, resolve_ttl
-from cacheorm.backends.memory import check_delta, check_max_items, parse_counter
+from cacheorm.backends.base import (
+    KEEP_TTL,
+    TTL,
+    CasToken,
+    Command,
+    Keep,
+    apply_local,
+    check_delta,
+    resolve_ttl,
+)
+from cacheorm.backends.memory import check_max_items, parse_counter
 from cacheorm.errors import BackendError, CacheORMError, ValidationError
 
 __all__ = ["FileSystemBackend"]
@@ -233,6 +242,13 @@ class FileSystemBackend:
 
     # -- unlocked operations: callers hold self._locked() --------------------
 
+    def _get(self, key: bytes) -> bytes | None:
+        entry = self._read(key)
+        return None if entry is None else entry.value
+
+    def _has(self, key: bytes) -> bool:
+        return self._read(key) is not None
+
     def _set(self, key: bytes, value: bytes, seconds: int) -> None:
         self._write(key, _Entry(value, self._expiry(seconds), _new_version()))
 
@@ -292,36 +308,6 @@ class FileSystemBackend:
     def _gets(self, key: bytes) -> tuple[bytes, CasToken] | None:
         entry = self._read(key)
         return None if entry is None else (entry.value, entry.version)
-
-    def _run(self, command: Command) -> object:
-        op, key, ttl = command.op, command.key, command.ttl
-        if op == "cas":
-            return self._cas(key, command.value, command.token, ttl)
-        if isinstance(ttl, Keep):
-            raise ValidationError("KEEP_TTL is only valid for cas")
-        if op == "get":
-            entry = self._read(key)
-            return None if entry is None else entry.value
-        if op == "gets":
-            return self._gets(key)
-        if op == "set":
-            self._set(key, command.value, resolve_ttl(ttl, self.default_ttl))
-            return True
-        if op == "add":
-            return self._add(key, command.value, resolve_ttl(ttl, self.default_ttl))
-        if op == "replace":
-            return self._replace(key, command.value, resolve_ttl(ttl, self.default_ttl))
-        if op == "delete":
-            return self._delete(key)
-        if op == "delete_if":
-            return self._delete_if(key, command.token)
-        if op == "has":
-            return self._read(key) is not None
-        if op == "touch":
-            return self._touch(key, resolve_ttl(ttl, self.default_ttl))
-        if op == "incr":
-            return self._incr(key, check_delta(command.delta))
-        raise ValidationError(f"unknown batch command {op!r}")
 
     # -- the Backend protocol -----------------------------------------------
 
@@ -449,7 +435,7 @@ class FileSystemBackend:
         with self._locked():
             for command in commands:
                 try:
-                    results.append(self._run(command))
+                    results.append(apply_local(self, command))
                 except CacheORMError as err:
                     results.append(err)
         return results

@@ -15,7 +15,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, NamedTuple
 
-from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, resolve_ttl
+from cacheorm.backends.base import (
+    KEEP_TTL,
+    TTL,
+    CasToken,
+    Command,
+    Keep,
+    apply_local,
+    check_delta,
+    resolve_ttl,
+)
 from cacheorm.errors import CacheORMError, ValidationError
 
 __all__ = ["MemoryBackend", "SimpleBackend"]
@@ -38,13 +47,6 @@ def parse_counter(value: bytes, key: bytes) -> int:
     if _COUNTER.match(value) is None:
         raise ValidationError(f"cannot incr/decr {key!r}: its value is not an integer")
     return int(value)
-
-
-def check_delta(delta: object) -> int:
-    """Return ``delta`` if it is an ``int`` (not a ``bool``), else raise ValidationError."""
-    if isinstance(delta, bool) or not isinstance(delta, int):
-        raise ValidationError(f"delta must be an int, got {delta!r}")
-    return delta
 
 
 def check_max_items(max_items: object) -> int | None:
@@ -119,6 +121,12 @@ class MemoryBackend:
         if self.max_items is not None:
             while len(data) > self.max_items:
                 data.popitem(last=False)
+
+    def _set(self, key: bytes, value: bytes, seconds: int) -> None:
+        self._store(key, value, self._expiry(seconds))
+
+    def _has(self, key: bytes) -> bool:
+        return self._live(key) is not None
 
     def _get(self, key: bytes) -> bytes | None:
         entry = self._live(key)
@@ -196,35 +204,6 @@ class MemoryBackend:
             return False
         del self._data[key]
         return True
-
-    def _run(self, command: Command) -> object:
-        op, key, ttl = command.op, command.key, command.ttl
-        if op == "cas":
-            return self._cas(key, command.value, command.token, ttl)
-        if isinstance(ttl, Keep):
-            raise ValidationError("KEEP_TTL is only valid for cas")
-        if op == "get":
-            return self._get(key)
-        if op == "gets":
-            return self._gets(key)
-        if op == "set":
-            self._store(key, command.value, self._expiry(resolve_ttl(ttl, self.default_ttl)))
-            return True
-        if op == "add":
-            return self._add(key, command.value, resolve_ttl(ttl, self.default_ttl))
-        if op == "replace":
-            return self._replace(key, command.value, resolve_ttl(ttl, self.default_ttl))
-        if op == "delete":
-            return self._delete(key)
-        if op == "delete_if":
-            return self._delete_if(key, command.token)
-        if op == "has":
-            return self._live(key) is not None
-        if op == "touch":
-            return self._touch(key, resolve_ttl(ttl, self.default_ttl))
-        if op == "incr":
-            return self._incr(key, check_delta(command.delta))
-        raise ValidationError(f"unknown batch command {op!r}")
 
     # -- the Backend protocol -----------------------------------------------
 
@@ -358,7 +337,7 @@ class MemoryBackend:
         with self._lock:
             for command in commands:
                 try:
-                    results.append(self._run(command))
+                    results.append(apply_local(self, command))
                 except CacheORMError as err:
                     results.append(err)
         return results
