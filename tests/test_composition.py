@@ -367,16 +367,32 @@ def test_cluster_batches_spread_over_three_masters(redis_cluster: RedisCluster) 
     assert co.delete_many(people, [r.name for r in records]) == 1000
 
 
-def test_two_memcached_nodes_both_hold_data(memcached_servers: list[MemcachedServer]) -> None:
+def test_two_memcached_nodes_both_hold_data(
+    memcached_servers: list[MemcachedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     nodes = memcached_servers[1:3]
     for node in nodes:
         node.flush()
-    people = co.Repo(PERSON, backend=co.MemcachedBackend(servers=[n.address for n in nodes]))
+    backend = co.MemcachedBackend(servers=[n.address for n in nodes])
+    people = co.Repo(PERSON, backend=backend)
     records = [Person(f"person-{i}", float(i)) for i in range(200)]
     co.insert_many(people, records)
     for node in nodes:
         assert memcached_stats(node)[b"curr_items"] > 30
+    # get_many asks each node once for all of its keys.
+    calls: Tally[str] = Tally()
+    per_node = backend._client.clients  # type: ignore[attr-defined]  # HashClient internals
+    for name, client in per_node.items():
+
+        def counted(
+            keys: object, *args: object, _name: str = name, _real: object = client.get_many
+        ) -> object:
+            calls[_name] += 1
+            return _real(keys, *args)  # type: ignore[operator]  # the wrapped bound method
+
+        monkeypatch.setattr(client, "get_many", counted)
     assert co.get_many(people, [r.name for r in records]) == records
+    assert sorted(calls.values()) == [1, 1]
 
 
 @pytest.mark.timeout(120)
