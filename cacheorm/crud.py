@@ -102,6 +102,13 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
 
 
+def key_list(keys: Iterable[K]) -> list[K]:
+    """The keys as a list; a lone ``str``/``bytes`` is refused, not split into characters."""
+    if isinstance(keys, str | bytes):
+        raise ValidationError(f"expected a list of keys, got the single key {keys!r}")
+    return list(keys)
+
+
 def _miss_mode(repo: Repo[R, K]) -> bool:
     return repo.on_backend_error == "miss"
 
@@ -173,7 +180,7 @@ def plan_get(repo: Repo[R, K], key: K) -> Plan[R]:
 
 def plan_get_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[list[R | None]]:
     """Read several records in key order, ``None`` for each missing one."""
-    keys = list(keys)
+    keys = key_list(keys)
     if not keys:
         return []
     encode, ns = repo.schema.encode_key, repo.namespace
@@ -286,7 +293,7 @@ def plan_delete(repo: Repo[R, K], key: K) -> Plan[bool]:
 
 def plan_delete_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[int]:
     """Delete several records; how many existed."""
-    keys = list(keys)
+    keys = key_list(keys)
     if not keys:
         return 0
     encode, ns = repo.schema.encode_key, repo.namespace

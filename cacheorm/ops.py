@@ -129,7 +129,7 @@ def get_or_none(repo: Repo[R, K], key: K, /) -> Op[R | None]:
 
 def get_many(repo: Repo[R, K], keys: Iterable[K], /) -> Op[builtins.list[R | None]]:
     """Describe :func:`cacheorm.get_many`."""
-    return _op("get_many", repo, tuple(keys))
+    return _op("get_many", repo, tuple(crud.key_list(keys)))
 
 
 def exists(repo: Repo[R, K], key: K, /) -> Op[bool]:
@@ -166,7 +166,7 @@ def delete(repo: Repo[R, K], key: K, /) -> Op[bool]:
 
 def delete_many(repo: Repo[R, K], keys: Iterable[K], /) -> Op[int]:
     """Describe :func:`cacheorm.delete_many`."""
-    return _op("delete_many", repo, tuple(keys))
+    return _op("delete_many", repo, tuple(crud.key_list(keys)))
 
 
 def get_or_load(repo: Repo[R, K], key: K, loader: Callable[[K], R], /) -> Op[R]:

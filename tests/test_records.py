@@ -159,6 +159,15 @@ def test_batches_keep_key_order_with_missing(people: co.Repo[Person, str]) -> No
     assert co.insert_many(people, []) == []
 
 
+def test_a_lone_string_is_not_a_list_of_keys(people: co.Repo[Person, str]) -> None:
+    co.insert_many(people, [Person("a", 1.0), Person("b", 2.0)])
+    with pytest.raises(co.ValidationError, match="list of keys"):
+        co.get_many(people, "ab")
+    with pytest.raises(co.ValidationError, match="list of keys"):
+        co.delete_many(people, "ab")
+    assert co.get_many(people, ("a", "b")) == [Person("a", 1.0), Person("b", 2.0)]
+
+
 def test_update_many(people: co.Repo[Person, str]) -> None:
     co.insert_many(people, [Person("A", 1.0), Person("B", 2.0)])
     out = co.update_many(
