@@ -93,7 +93,8 @@ class RedisBackend:
 
     Args:
         client: a ``redis.Redis`` or ``redis.RedisCluster`` created with
-            ``decode_responses=False``. :meth:`close` closes it.
+            ``decode_responses=False``. :meth:`close` leaves it open: its owner
+            closes it.
         url: a ``redis://`` URL, used when ``client`` is not given.
         default_ttl: seconds used when a call passes ``ttl=None``; ``0`` = never.
         socket_timeout: seconds to wait for a reply (``url`` only).
