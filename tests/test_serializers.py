@@ -469,6 +469,13 @@ def test_signed_rejects_str_secret() -> None:
         co.signed(co.MsgpackSerializer(), "x" * 32)  # type: ignore[arg-type]  # must be bytes
 
 
+def test_wrappers_take_a_registered_name() -> None:
+    wrapped = co.signed(co.compressed("msgpack", min_size=0), SECRET)
+    assert wrapped.loads(wrapped.dumps({"a": [1, b"x"]})) == {"a": [1, b"x"]}
+    with pytest.raises(co.ValidationError, match="registered"):
+        co.compressed("yaml")
+
+
 def test_signed_repr_hides_the_secret() -> None:
     assert "sss" not in repr(co.signed(co.MsgpackSerializer(), SECRET))
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from cacheorm.errors import DecodeError
+from cacheorm.serializers.registry import resolve
 
 if TYPE_CHECKING:
     from cacheorm.serializers.base import Primitive, Serializer
@@ -106,7 +107,7 @@ class CompressedSerializer:
 
 
 def compressed(
-    serializer: Serializer,
+    serializer: str | Serializer,
     min_size: int = DEFAULT_MIN_SIZE,
     *,
     level: int = 1,
@@ -128,7 +129,7 @@ def compressed(
     pass ``level=6`` (up to 9) to trade CPU for size.
 
     Args:
-        serializer: The serializer producing the payload.
+        serializer: The serializer producing the payload, or its registered name.
         min_size: Smallest payload, in bytes, worth compressing.
         level: zlib level, -1 to 9.
         max_size: Largest decompressed payload accepted by ``loads``.
@@ -136,7 +137,7 @@ def compressed(
     Raises:
         ValueError: an out-of-range ``min_size``, ``level`` or ``max_size``.
     """
-    return CompressedSerializer(serializer, min_size, level, max_size)
+    return CompressedSerializer(resolve(serializer), min_size, level, max_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +191,7 @@ class SignedSerializer:
         return self.inner.loads(payload)
 
 
-def signed(serializer: Serializer, secret: bytes) -> Serializer:
+def signed(serializer: str | Serializer, secret: bytes) -> Serializer:
     """Wrap ``serializer`` so every payload carries an HMAC-SHA256 tag.
 
     Stored bytes are ``tag (32 bytes) + payload``. ``loads`` checks the tag
@@ -202,11 +203,11 @@ def signed(serializer: Serializer, secret: bytes) -> Serializer:
     to the cache can still copy one valid payload over another key.
 
     Args:
-        serializer: The serializer producing the payload.
+        serializer: The serializer producing the payload, or its registered name.
         secret: The HMAC key, at least 16 bytes; keep it out of the cache.
 
     Raises:
         TypeError: ``secret`` is not ``bytes``.
         ValueError: ``secret`` is shorter than 16 bytes.
     """
-    return SignedSerializer(serializer, secret)
+    return SignedSerializer(resolve(serializer), secret)
