@@ -67,7 +67,15 @@ def _check(result: object) -> object:
 
 
 def _encode(repo: Repo[R, K], record: R) -> bytes:
-    return repo.serializer.dumps(repo.schema.dump(record))
+    payload = repo.schema.dump(record)
+    try:
+        return repo.serializer.dumps(payload)
+    except CacheORMError:
+        raise
+    except Exception as err:  # a user-supplied serializer may raise anything
+        raise ValidationError(
+            f"{repo.schema.name}: serializer {repo.serializer!r} cannot encode the record: {err}"
+        ) from err
 
 
 def _decode(repo: Repo[R, K], raw: bytes, key: object) -> R:
@@ -91,10 +99,6 @@ def _before(repo: Repo[R, K], event: Event, record: R) -> R:
 def _notify(repo: Repo[R, K], event: Event, subject: object) -> None:
     for handler in repo.handlers[event]:
         handler(repo, subject)
-
-
-def _ttl(repo: Repo[R, K]) -> int | None:
-    return repo.ttl
 
 
 def _backoff(attempt: int) -> None:
@@ -126,7 +130,7 @@ def plan_insert(repo: Repo[R, K], record: R, *, only_new: bool = False) -> Plan[
     stored = _before(repo, "before_insert", stored)
     key = schema.encode_key(schema.key_of(stored), repo.namespace)
     op: CommandOp = "add" if only_new else "set"
-    (ok,) = yield [Command(op, key, _encode(repo, stored), ttl=_ttl(repo))]
+    (ok,) = yield [Command(op, key, _encode(repo, stored), ttl=repo.ttl)]
     if not _check(ok):
         raise AlreadyExists(f"{schema.name} {schema.key_of(stored)!r} already exists")
     _notify(repo, "after_insert", stored)
@@ -148,7 +152,7 @@ def plan_insert_many(repo: Repo[R, K], records: Iterable[R]) -> Plan[list[R]]:
     stored = [_before(repo, "before_insert", r) for r in stored]
     if not stored:
         return []
-    ttl = _ttl(repo)
+    ttl = repo.ttl
     ns = repo.namespace
     commands = [
         Command("set", schema.encode_key(schema.key_of(r), ns), _encode(repo, r), ttl=ttl)
@@ -273,7 +277,7 @@ def plan_replace(repo: Repo[R, K], record: R) -> Plan[R]:
             "replace",
             schema.encode_key(key, repo.namespace),
             _encode(repo, stored),
-            ttl=_ttl(repo),
+            ttl=repo.ttl,
         )
     ]
     if not _check(ok):

@@ -412,3 +412,25 @@ def test_protobuf_repo_stores_the_wire_format(backend: co.Backend) -> None:
     assert (message.name, message.height, message.HasField("email")) == ("Sam", 178.8, False)
     assert co.update(repo, "Sam", email="sam@example.com", age=40).age == 40
     assert co.get(repo, "Sam") == ProtoPerson("Sam", 178.8, email="sam@example.com", age=40)
+
+
+class Broken:
+    """A user serializer that fails both ways with its own exceptions."""
+
+    def dumps(self, obj: co.Primitive) -> bytes:
+        raise TypeError("cannot serialize")
+
+    def loads(self, data: bytes) -> co.Primitive:
+        raise KeyError("cannot deserialize")
+
+
+def test_a_user_serializers_own_errors_are_wrapped() -> None:
+    backend = co.MemoryBackend()
+    repo = co.Repo(PERSON, backend=backend, serializer=Broken())
+    with pytest.raises(co.ValidationError, match="cannot encode") as info:
+        co.insert(repo, Person("Sam", 1.0))
+    assert isinstance(info.value.__cause__, TypeError)
+    backend.set(PERSON.encode_key("Sam"), b"anything")
+    with pytest.raises(co.DecodeError, match="Sam") as decode_info:
+        co.get(repo, "Sam")
+    assert isinstance(decode_info.value.__cause__, KeyError)
