@@ -52,6 +52,10 @@ R = TypeVar("R")
 T = TypeVar("T")
 K = TypeVarWithDefault("K", default=Hashable)
 
+LOCK_PREFIX = b"\x00lock\x00"
+"""Prefix of ``get_or_load``'s stampede lock keys: keys cacheorm builds never start with
+NUL (only a custom ``key_format`` producing one could meet a lock key)."""
+
 MAX_CAS_ATTEMPTS = 100
 """Attempts of an atomic read-modify-write before :class:`ConflictError`."""
 
@@ -291,8 +295,9 @@ def plan_delete(repo: Repo[R, K], key: K) -> Plan[bool]:
     bkey = repo.schema.encode_key(key, repo.namespace)
     _notify(repo, "before_delete", key)
     (existed,) = yield [Command("delete", bkey)]
+    existed = bool(_check(existed))
     _notify(repo, "after_delete", key)
-    return bool(_check(existed))
+    return existed
 
 
 def plan_delete_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[int]:
@@ -305,9 +310,10 @@ def plan_delete_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[int]:
     for k in keys:
         _notify(repo, "before_delete", k)
     results = yield [Command("delete", b) for b in bkeys]
+    count = sum(1 for r in results if _check(r))
     for k in keys:
         _notify(repo, "after_delete", k)
-    return sum(1 for r in results if _check(r))
+    return count
 
 
 def plan_get_or_load(
@@ -320,7 +326,7 @@ def plan_get_or_load(
     """Read-through with stampede protection (see :func:`get_or_load`)."""
     schema = repo.schema
     bkey = schema.encode_key(key, repo.namespace)
-    lock = bkey + b"\x00lock"
+    lock = LOCK_PREFIX + bkey
     token = secrets.token_bytes(16)
     deadline = time.monotonic() + wait
     attempt = 0

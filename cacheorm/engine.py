@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Sequence
-from typing import TypeAlias, TypeVar
+from typing import NamedTuple, TypeAlias, TypeVar
 
 from cacheorm.backends.base import Backend, Command, apply
 from cacheorm.errors import BackendError, CacheORMError
 
-__all__ = ["Outage", "Plan", "run_many", "run_one"]
+__all__ = ["Job", "Outage", "Plan", "plan_all", "run_many", "run_one"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +65,25 @@ class Outage:
 
     @classmethod
     def answer(
-        cls, backend: Backend, commands: Sequence[Command], err: BackendError
+        cls, backend: Backend, commands: Sequence[Command], results: Sequence[object]
     ) -> list[object]:
+        """Replace each ``BackendError`` in ``results`` by the command's miss answer."""
+        errors = [r for r in results if isinstance(r, BackendError)]
+        if not errors:
+            cls.recovered(backend)
+            return list(results)
         with cls._lock:
             cls.count += 1
             first = id(backend) not in cls._down
             cls._down.add(id(backend))
         if first:
-            logger.warning("cache backend %r is unavailable, serving misses: %s", backend, err)
-        return [_miss(c, err) for c in commands]
+            logger.warning(
+                "cache backend %r is unavailable, serving misses: %s", backend, errors[0]
+            )
+        return [
+            _miss(c, r) if isinstance(r, BackendError) else r
+            for c, r in zip(commands, results, strict=True)
+        ]
 
     @classmethod
     def recovered(cls, backend: Backend) -> None:
@@ -93,20 +103,41 @@ def _miss(c: Command, err: BackendError) -> object:
     return err  # incr cannot be answered without the server
 
 
+def call(
+    backend: Backend,
+    commands: Sequence[Command],
+    miss_on_error: bool,
+    isolate_errors: bool = False,
+) -> list[object]:
+    """One phase on one backend: :func:`dispatch`, with outages answered as misses if asked.
+
+    Raises:
+        CacheORMError: the call as a whole failed (and is not answered as a miss).
+    """
+    try:
+        results = dispatch(backend, commands, isolate_errors)
+    except BackendError as err:
+        if not miss_on_error:
+            raise
+        results = [err] * len(commands)
+    return Outage.answer(backend, commands, results) if miss_on_error else results
+
+
 def run_one(backend: Backend, plan: Plan[T], miss_on_error: bool = False) -> T:
-    """Drive one plan to completion against one backend and return its result."""
+    """Drive one plan to completion against one backend and return its result.
+
+    A failed call is thrown into the plan at its ``yield``, so the plan can
+    clean up (``get_or_load`` releases its lock) before the error reaches the
+    caller.
+    """
     try:
         commands = next(plan)
         while True:
             try:
-                results = dispatch(backend, commands)
-            except BackendError as err:
-                if not miss_on_error:
-                    raise
-                results = Outage.answer(backend, commands, err)
-            else:
-                if miss_on_error:
-                    Outage.recovered(backend)
+                results = call(backend, commands, miss_on_error)
+            except CacheORMError as err:
+                commands = plan.throw(err)
+                continue
             commands = plan.send(results)
     except StopIteration as stop:
         result: T = stop.value
@@ -115,66 +146,87 @@ def run_one(backend: Backend, plan: Plan[T], miss_on_error: bool = False) -> T:
         plan.close()
 
 
-def run_many(
-    jobs: Sequence[tuple[Backend, Plan[object], bool]],
-) -> list[object]:
+class Job(NamedTuple):
+    """One plan for :func:`run_many`."""
+
+    backend: Backend
+    plan: Plan[object]
+    miss_on_error: bool = False
+    multi_phase: bool = False
+    """The plan may take several phases (a read-modify-write, an auto key, a
+    read-through): later plans touching its keys wait until it is done."""
+
+
+def run_many(jobs: Sequence[Job]) -> list[object]:
     """Drive several plans together; each phase is one call per distinct backend.
 
-    Args:
-        jobs: ``(backend, plan, miss_on_error)`` triples.
+    The result is what running the plans one after another would give. Within a
+    phase, a backend runs the merged commands in order, so single-phase plans
+    share a phase freely; a plan that touches a key of an earlier, unfinished
+    multi-phase plan (or of an earlier plan held back) waits for it.
 
     Returns:
         Each plan's result in order, or the exception it raised.
     """
     results: list[object] = [None] * len(jobs)
     pending: dict[int, list[Command]] = {}
-    for i, (_, plan, _miss_flag) in enumerate(jobs):
-        _advance(jobs, i, plan, None, pending, results)
+    touched: dict[int, set[tuple[int, bytes]]] = {}
+    for i, job in enumerate(jobs):
+        _advance(job.plan, i, None, pending, results)
     while pending:
+        blocked: set[tuple[int, bytes]] = set()
         groups: dict[int, list[int]] = {}
-        for i in pending:
-            groups.setdefault(id(jobs[i][0]), []).append(i)
-        step: dict[int, list[object] | BaseException] = {}
+        for i in sorted(pending):
+            job = jobs[i]
+            keys = {(id(job.backend), c.key) for c in pending[i]}
+            if job.multi_phase:
+                keys |= touched.setdefault(i, set())
+                touched[i] = keys
+            if keys & blocked:
+                blocked |= keys  # held back: later plans on these keys wait too
+                continue
+            if job.multi_phase:
+                blocked |= keys
+            groups.setdefault(id(job.backend), []).append(i)
         for members in groups.values():
-            backend = jobs[members[0]][0]
+            first = jobs[members[0]]
             merged = [c for i in members for c in pending[i]]
             try:
-                answers = dispatch(backend, merged, isolate_errors=len(members) > 1)
+                answers = call(
+                    first.backend, merged, first.miss_on_error, isolate_errors=len(members) > 1
+                )
             except CacheORMError as err:
-                # The whole call failed (server down, or a merged set_many refused
-                # one value): every op in it gets the error, or a miss when allowed.
+                # The whole call failed: each plan sees the error at its yield.
                 for i in members:
-                    if jobs[i][2] and isinstance(err, BackendError):
-                        step[i] = Outage.answer(backend, pending[i], err)
-                    else:
-                        step[i] = err
+                    del pending[i]
+                    _advance(jobs[i].plan, i, err, pending, results)
                 continue
             pos = 0
             for i in members:
-                n = len(pending[i])
-                step[i] = answers[pos : pos + n]
+                n = len(pending.pop(i))
+                _advance(jobs[i].plan, i, answers[pos : pos + n], pending, results)
                 pos += n
-        for i, answer in step.items():
-            del pending[i]
-            plan = jobs[i][1]
-            if isinstance(answer, BaseException):
-                results[i] = answer
-                plan.close()
-            else:
-                _advance(jobs, i, plan, answer, pending, results)
+        for i in list(touched):
+            if i not in pending:
+                del touched[i]
     return results
 
 
 def _advance(
-    jobs: Sequence[tuple[Backend, Plan[object], bool]],
-    i: int,
     plan: Plan[object],
-    answer: list[object] | None,
+    i: int,
+    answer: list[object] | CacheORMError | None,
     pending: dict[int, list[Command]],
     results: list[object],
 ) -> None:
+    """Start the plan, send it its answers, or throw it its call's error."""
     try:
-        pending[i] = next(plan) if answer is None else plan.send(answer)
+        if answer is None:
+            pending[i] = next(plan)
+        elif isinstance(answer, CacheORMError):
+            pending[i] = plan.throw(answer)
+        else:
+            pending[i] = plan.send(answer)
     except StopIteration as stop:
         results[i] = stop.value
     except Exception as err:  # per-op errors: a hook or loader may raise anything
@@ -184,27 +236,25 @@ def _advance(
 def plan_all(plans: Sequence[Plan[T]]) -> Plan[list[T | Exception]]:
     """Run several plans in lockstep as one plan: each phase merges their commands.
 
-    A plan that raises has its exception in its result slot.
+    The plans must touch distinct keys. A plan that raises has its exception in
+    its result slot; a failed call is thrown into every plan waiting on it.
     """
-    results: list[T | Exception] = [Exception("unreachable")] * len(plans)
+    results: list[object] = [None] * len(plans)
     pending: dict[int, list[Command]] = {}
-
-    def advance(i: int, answer: list[object] | None) -> None:
-        try:
-            pending[i] = next(plans[i]) if answer is None else plans[i].send(answer)
-        except StopIteration as stop:
-            results[i] = stop.value
-        except Exception as err:  # per-plan errors are results
-            results[i] = err
-
-    for i in range(len(plans)):
-        advance(i, None)
+    for i, plan in enumerate(plans):
+        _advance(plan, i, None, pending, results)
     while pending:
-        order = list(pending)
-        answers = yield [c for i in order for c in pending[i]]
+        order = sorted(pending)
+        try:
+            answers = yield [c for i in order for c in pending[i]]
+        except CacheORMError as err:
+            for i in order:
+                del pending[i]
+                _advance(plans[i], i, err, pending, results)
+            continue
         pos = 0
         for i in order:
             n = len(pending.pop(i))
-            advance(i, answers[pos : pos + n])
+            _advance(plans[i], i, answers[pos : pos + n], pending, results)
             pos += n
-    return results
+    return results  # type: ignore[return-value]  # each slot holds its plan's T or an error

@@ -26,7 +26,7 @@ from typing import Generic, Literal, TypeVar, cast, overload
 from typing_extensions import TypeVar as TypeVarWithDefault
 
 from cacheorm import crud
-from cacheorm.engine import Plan, run_many
+from cacheorm.engine import Job, Plan, run_many
 from cacheorm.repo import Repo
 
 __all__ = [
@@ -75,10 +75,20 @@ class Op(Generic[T_co]):
     def __hash__(self) -> int:
         return hash((self.name, self.repo))
 
+    @property
+    def multi_phase(self) -> bool:
+        """Whether the op may need several round trips (see :class:`cacheorm.engine.Job`)."""
+        if self.name in _MULTI_PHASE:
+            return True
+        return self.name in _INSERTS and self.repo.schema.auto_key
+
     def plan(self) -> Plan[T_co]:
         """The plan that carries this op out (used by :func:`execute`)."""
         return cast("Plan[T_co]", _PLANS[self.name](self.repo, *self.args))
 
+
+_MULTI_PHASE = frozenset({"update", "modify", "update_many", "get_or_load"})
+_INSERTS = frozenset({"insert", "insert_many", "add"})
 
 _PLANS: dict[str, Callable[..., Plan[object]]] = {
     "insert": crud.plan_insert,
@@ -272,7 +282,10 @@ def execute(
         >>> co.execute(co.ops.insert(people, Person("Sam", 1.8)), co.ops.exists(people, "Sam"))
         [Person(name='Sam', height=1.8), True]
     """
-    jobs = [(op.repo.backend, op.plan(), op.repo.on_backend_error == "miss") for op in ops]
+    jobs = [
+        Job(op.repo.backend, op.plan(), op.repo.on_backend_error == "miss", op.multi_phase)
+        for op in ops
+    ]
     results = run_many(jobs)
     if raise_on_error:
         for result in results:

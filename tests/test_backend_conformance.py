@@ -224,9 +224,22 @@ def test_incr_reads_a_counter_stored_as_decimal_digits(backend: co.Backend) -> N
 
 def test_incr_of_a_non_integer_raises_and_keeps_the_value(backend: co.Backend) -> None:
     backend.set(b"text", b"hello")
-    with pytest.raises(co.CacheORMError):
+    with pytest.raises(co.ValidationError):
         backend.incr(b"text")
     assert backend.get(b"text") == b"hello"
+
+
+def test_counters_stay_in_signed_64_bits(backend: co.Backend) -> None:
+    top, bottom = 2**63 - 1, -(2**63)
+    backend.set(b"top", str(top).encode())
+    with pytest.raises(co.ValidationError):
+        backend.incr(b"top")
+    assert backend.get(b"top") == str(top).encode()
+    assert backend.decr(b"top", top) == 0
+    backend.set(b"bottom", str(bottom).encode())
+    with pytest.raises(co.ValidationError):
+        backend.decr(b"bottom")
+    assert backend.get(b"bottom") == str(bottom).encode()
 
 
 # -- TTLs -----------------------------------------------------------------------

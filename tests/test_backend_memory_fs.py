@@ -515,3 +515,41 @@ def test_tiered_default_ttl_is_far_s() -> None:
     tier.default_ttl = 9
     assert far.default_ttl == 9
     assert isinstance(tier, co.Backend)
+
+
+class SlowFar(MemoryBackend):
+    """A far tier whose reads answer late, so a write can slip in between."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
+        hit = super().get_with_ttl(key)
+        time.sleep(self.delay)
+        return hit
+
+
+@pytest.mark.parametrize("write", ["delete", "set"])
+def test_tiered_read_racing_a_write_never_restores_the_old_value(write: str) -> None:
+    far = SlowFar(delay=0.3)
+    tier = TieredBackend(MemoryBackend(), far)
+    far.set(b"k", b"old")
+    reader = threading.Thread(target=tier.get, args=(b"k",))
+    reader.start()
+    time.sleep(0.1)  # the reader has asked far and waits for its answer
+    if write == "delete":
+        tier.delete(b"k")
+    else:
+        tier.set(b"k", b"new")
+    reader.join()
+    assert tier.get(b"k") == (None if write == "delete" else b"new")
+
+
+def test_tiered_copy_of_a_never_expiring_write_is_still_bounded() -> None:
+    near = MemoryBackend()
+    tier = TieredBackend(near, MemoryBackend())
+    tier.set(b"k", b"v", ttl=0)
+    hit = near.get_with_ttl(b"k")
+    assert hit is not None
+    assert 0 < hit[1] <= FILL_TTL  # other processes' writes show after at most FILL_TTL

@@ -496,3 +496,75 @@ def test_one_oversized_op_does_not_fail_the_others_in_a_pipeline(
     assert isinstance(results[1], co.ValueTooLarge)
     assert results[2] == Person("Bob", 2.0)
     assert co.get_many(people, ["Sam", "Huge", "Bob"]) == [results[0], None, results[2]]
+
+
+# ------------------------------------------------------------------ audit regressions
+
+
+def test_get_or_load_failing_write_raises_its_error_and_releases_the_lock(
+    memcached_servers: list[MemcachedServer],
+) -> None:
+    node = memcached_servers[0]
+    node.flush()
+    backend = co.MemcachedBackend(servers=[node.address])
+    people = co.Repo(PERSON, backend=backend)
+    huge = Person("Sam", 1.0, email="x" * (2 * 1024 * 1024))  # over memcached's item limit
+    with pytest.raises(co.ValueTooLarge):
+        co.get_or_load(people, "Sam", lambda name: huge)
+    assert backend.get(co.crud.LOCK_PREFIX + PERSON.encode_key("Sam")) is None
+    with pytest.raises(co.ValueTooLarge):
+        co.execute(co.ops.get_or_load(people, "Sam", lambda name: huge))
+    assert co.get_or_load(people, "Sam", lambda name: Person(name, 2.0)) == Person("Sam", 2.0)
+
+
+def test_a_record_key_never_meets_a_lock_key() -> None:
+    people = co.Repo(PERSON)
+    co.insert(people, Person("Ann\x00lock", 1.0))
+    started = time.monotonic()
+    assert co.get_or_load(people, "Ann", lambda n: Person(n, 2.0)) == Person("Ann", 2.0)
+    assert time.monotonic() - started < 1.0
+    assert co.get(people, "Ann\x00lock") == Person("Ann\x00lock", 1.0)
+
+
+def test_execute_runs_ops_on_the_same_key_in_order(backend: co.Backend) -> None:
+    people = co.Repo(PERSON, backend=backend)
+    co.insert(people, Person("x", 0.0))
+    results = co.execute(
+        co.ops.update(people, "x", height=1.0),
+        co.ops.get(people, "x"),
+        co.ops.insert(people, Person("x", 9.0)),
+        co.ops.modify(people, "x", lambda p: p._replace(height=p.height + 1)),
+        co.ops.delete(people, "x"),
+        co.ops.exists(people, "x"),
+    )
+    assert results == [
+        Person("x", 1.0),
+        Person("x", 1.0),
+        Person("x", 9.0),
+        Person("x", 10.0),
+        True,
+        False,
+    ]
+
+
+def test_miss_mode_covers_batched_calls_and_hooks_see_only_real_deletes(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory.redis()
+    backend = co.RedisBackend(url=server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    deleted: list[object] = []
+    people = co.on(
+        co.Repo(PERSON, backend=backend), "after_delete", lambda repo, key: deleted.append(key)
+    )
+    co.insert_many(people, [Person("a", 1.0), Person("b", 1.0)])
+    server.stop()
+    with pytest.raises(co.BackendError):
+        co.delete_many(people, ["a", "b"])
+    assert deleted == []  # the deletes failed: no after_delete
+    lenient = people.replace(on_backend_error="miss")
+    assert co.delete_many(lenient, ["a", "b"]) == 0
+    assert co.update_many(lenient, {"a": {"height": 2.0}}) == [None]
+    assert co.execute(co.ops.get_or_none(lenient, "a"), co.ops.exists(lenient, "b")) == [
+        None,
+        False,
+    ]

@@ -34,7 +34,10 @@ __all__ = [
     "LocalStore",
     "apply",
     "apply_local",
+    "INT64_MAX",
+    "INT64_MIN",
     "check_delta",
+    "counter_sum",
     "resolve_ttl",
 ]
 
@@ -269,6 +272,24 @@ class LocalStore(Protocol):
     def _has(self, key: bytes) -> bool: ...
     def _touch(self, key: bytes, seconds: int) -> bool: ...
     def _incr(self, key: bytes, delta: int) -> int: ...
+
+
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+
+def counter_sum(current: int, delta: int, key: bytes) -> int:
+    """``current + delta`` for a counter, which every backend keeps in signed 64 bits.
+
+    Raises:
+        ValidationError: the result leaves the signed 64-bit range (as on Redis).
+    """
+    result = current + delta
+    if not INT64_MIN <= result <= INT64_MAX:
+        raise ValidationError(
+            f"cannot incr/decr {key!r}: {current} + {delta} leaves the signed 64-bit range"
+        )
+    return result
 
 
 def check_delta(delta: object) -> int:

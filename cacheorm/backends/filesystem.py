@@ -39,6 +39,7 @@ from cacheorm.backends.base import (
     Keep,
     apply_local,
     check_delta,
+    counter_sum,
     resolve_ttl,
 )
 from cacheorm.backends.memory import check_max_items, parse_counter
@@ -275,7 +276,7 @@ class FileSystemBackend:
         current, expires = (
             (0, 0.0) if entry is None else (parse_counter(entry.value, key), entry.expires)
         )
-        result = current + delta
+        result = counter_sum(current, delta, key)
         self._write(key, _Entry(str(result).encode("ascii"), expires, _new_version()))
         return result
 

@@ -25,7 +25,18 @@ import threading
 import time
 from typing import TYPE_CHECKING, Final, NamedTuple, ParamSpec, Protocol, TypeVar, cast
 
-from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, apply, resolve_ttl
+from cacheorm.backends.base import (
+    INT64_MAX,
+    KEEP_TTL,
+    TTL,
+    CasToken,
+    Command,
+    Keep,
+    apply,
+    counter_sum,
+    resolve_ttl,
+)
+from cacheorm.backends.memory import parse_counter
 from cacheorm.errors import (
     BackendError,
     CacheORMError,
@@ -149,6 +160,7 @@ class _McClient(Protocol):
     def gets_many(self, keys: list[bytes]) -> dict[bytes | str, tuple[object, bytes]]: ...
     def delete(self, key: bytes, noreply: bool | None = None) -> bool: ...
     def incr(self, key: bytes, value: int, noreply: bool | None = False) -> int | None: ...
+    def decr(self, key: bytes, value: int, noreply: bool | None = False) -> int | None: ...
     def close(self) -> None: ...
 
 
@@ -493,6 +505,9 @@ class MemcachedBackend:
                     # "non-numeric value": a negative counter; the cas loop handles it.
                     break
                 if result is not None:
+                    if result > INT64_MAX:  # memcached counts in unsigned 64 bits; we don't
+                        self._call("decr", client.decr, k, delta, noreply=False)
+                        counter_sum(result - delta, delta, key)  # raises ValidationError
                     return result
                 created = self._call(
                     "add", client.add, k, str(delta).encode(), 0, noreply=False, flags=0
@@ -521,10 +536,7 @@ class MemcachedBackend:
         if item is None or cas is None:
             created = client.add(k, str(delta).encode(), 0, noreply=False, flags=0)
             return delta if created else None
-        try:
-            new = int(_value(item)) + delta
-        except ValueError as err:
-            raise BackendError(f"memcached incr: the value at {k!r} is not an integer") from err
+        new = counter_sum(parse_counter(_value(item), k), delta, k)
         flags = _flags(item)
         stored = client.cas(
             k, str(new).encode(), cas, self._kept_expiry(flags), noreply=False, flags=flags

@@ -23,6 +23,7 @@ from cacheorm.backends.base import (
     Keep,
     apply_local,
     check_delta,
+    counter_sum,
     resolve_ttl,
 )
 from cacheorm.errors import CacheORMError, ValidationError
@@ -165,7 +166,7 @@ class MemoryBackend:
         current, expires = (
             (0, 0.0) if entry is None else (parse_counter(entry.value, key), entry.expires)
         )
-        result = current + delta
+        result = counter_sum(current, delta, key)
         self._store(key, str(result).encode("ascii"), expires)
         return result
 

@@ -172,6 +172,11 @@ class RedisBackend:
                 f"redis {what}: value larger than the server accepts "
                 "(proto-max-bulk-len, 512 MB by default); store less"
             )
+        if "not an integer" in text or "increment or decrement would overflow" in text:
+            return ValidationError(
+                f"redis {what}: the stored value is not a 64-bit integer counter, or the "
+                f"result would overflow ({text})"
+            )
         logger.debug("redis %s failed: %r", what, err)
         return BackendError(
             f"redis {what} failed: {err!r}; check that the server is up, reachable "

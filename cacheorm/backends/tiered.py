@@ -11,17 +11,21 @@ A ``near`` copy never outlives the ``far`` entry it copies. A write through
 the tier gives the copy the write's TTL; a *read* that fills ``near`` asks
 ``far`` for the entry's remaining lifetime (:meth:`Backend.get_with_ttl`, in
 the same round trip) and gives the copy that many whole seconds, or nothing
-when under one second is left. ``near_ttl`` (:data:`FILL_TTL` seconds for
-read fills when it is not set) additionally caps every copy, which bounds how
-stale a copy can get when *other* processes write ``far``: they are seen
-through ``near`` after at most that long.
+when under one second is left. ``near_ttl`` (:data:`FILL_TTL` seconds when
+it is not set) additionally caps every copy, which bounds how stale a copy can
+get when *other* processes write ``far``: they are seen through ``near`` after
+at most that long. Within the process, a read racing a write never copies the
+older value into ``near`` after the write (the write bumps an epoch under the
+tier's lock; the read copies only if the epoch did not move).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Final
 
 from cacheorm.backends.base import KEEP_TTL, TTL, Backend, CasToken, Command, Keep, resolve_ttl
@@ -32,7 +36,7 @@ __all__ = ["FILL_TTL", "TieredBackend"]
 logger = logging.getLogger(__name__)
 
 FILL_TTL: Final = 60
-"""The longest a value read from ``far`` stays in ``near`` when ``near_ttl`` is not set.
+"""The longest a copy stays in ``near`` when ``near_ttl`` is not set.
 
 Shorter when the far entry expires sooner.
 """
@@ -55,11 +59,9 @@ class TieredBackend:
         far: the shared cache and source of truth.
         near_ttl: the longest a value stays in ``near``, in seconds, bounding
             how stale a copy can get when other processes write ``far``. A
-            copy never outlives the far entry, whatever this is. ``None``: no
-            bound beyond the far entry's lifetime for copies written through
-            the tier, :data:`FILL_TTL` for values copied from ``far`` on a
-            read. ``0``: no bound at all (only safe when no one else writes
-            ``far``).
+            copy never outlives the far entry, whatever this is. ``None``:
+            :data:`FILL_TTL`. ``0``: no bound at all (only safe when no one
+            else writes ``far``).
 
     Raises:
         ValidationError: an illegal ``near_ttl``.
@@ -72,6 +74,10 @@ class TieredBackend:
         self.far = far
         self.near_ttl = None if near_ttl is None else resolve_ttl(near_ttl, 0)
         self._fill_ttl = FILL_TTL if self.near_ttl is None else self.near_ttl
+        # Writes through the tier bump the epoch while holding the lock; a read
+        # copies far's answer into near only if no write happened since it asked.
+        self._lock = threading.Lock()
+        self._epoch = 0
 
     def __repr__(self) -> str:
         return f"TieredBackend(near={self.near!r}, far={self.far!r}, near_ttl={self.near_ttl})"
@@ -88,7 +94,9 @@ class TieredBackend:
     def _near_ttl(self, ttl: int | None) -> int:
         """The TTL of a near copy written alongside a far write with ``ttl``."""
         seconds = resolve_ttl(ttl, self.far.default_ttl)
-        return seconds if self.near_ttl is None else _shorter(self.near_ttl, seconds)
+        # Bounded by near_ttl (FILL_TTL when unset) like a read's copy: a copy of a
+        # never-expiring record must still give way to other processes' writes.
+        return _shorter(self._fill_ttl, seconds)
 
     def _fill_ttl_for(self, remaining: float) -> int | None:
         """The TTL of a near copy of a far entry with ``remaining`` seconds (0.0 = never).
@@ -102,19 +110,39 @@ class TieredBackend:
         seconds = math.floor(remaining)
         return None if seconds < 1 else _shorter(self._fill_ttl, seconds)
 
-    def _fill(self, keys: Sequence[bytes], found: Sequence[tuple[bytes, float] | None]) -> None:
-        """Copy what ``far.get_many_with_ttl`` found into ``near``: one ``set_many`` per TTL."""
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the tier lock around a write's near update and mark it in the epoch."""
+        with self._lock:
+            self._epoch += 1
+            yield
+
+    def _fill(
+        self, keys: Sequence[bytes], found: Sequence[tuple[bytes, float] | None], seen: int
+    ) -> None:
+        """Copy what ``far`` answered into ``near``: one ``set_many`` per TTL.
+
+        ``seen`` is the epoch read before asking ``far``. If a write through this
+        tier changed ``near`` since, the answer may predate that write: copying
+        it would bring back a deleted or older value, so nothing is copied.
+        """
         by_ttl: dict[int, dict[bytes, bytes]] = {}
         for key, hit in zip(keys, found, strict=True):
             if hit is not None and (ttl := self._fill_ttl_for(hit[1])) is not None:
                 by_ttl.setdefault(ttl, {})[key] = hit[0]
-        for ttl, mapping in by_ttl.items():
-            self.near.set_many(mapping, ttl)
+        if not by_ttl:
+            return
+        with self._lock:
+            if self._epoch != seen:
+                return
+            for ttl, mapping in by_ttl.items():
+                self.near.set_many(mapping, ttl)
 
     def _drop(self, *keys: bytes) -> None:
         """Invalidate near copies after a far failure, without hiding the far error."""
         try:
-            self.near.delete_many(*keys)
+            with self._changing():
+                self.near.delete_many(*keys)
         except CacheORMError:
             logger.warning(
                 "could not invalidate near cache for %d key(s)", len(keys), exc_info=True
@@ -127,12 +155,11 @@ class TieredBackend:
         value = self.near.get(key)
         if value is not None:
             return value
+        seen = self._epoch
         hit = self.far.get_with_ttl(key)
         if hit is None:
             return None
-        ttl = self._fill_ttl_for(hit[1])
-        if ttl is not None:
-            self.near.set(key, hit[0], ttl)
+        self._fill((key,), (hit,), seen)
         return hit[0]
 
     def get_many(self, *keys: bytes) -> list[bytes | None]:
@@ -147,8 +174,9 @@ class TieredBackend:
 
     def _fetch(self, keys: Sequence[bytes]) -> list[tuple[bytes, float] | None]:
         """Read ``keys`` from ``far`` with their lifetimes and copy the hits into ``near``."""
+        seen = self._epoch
         fetched = self.far.get_many_with_ttl(*keys)
-        self._fill(keys, fetched)
+        self._fill(keys, fetched, seen)
         return fetched
 
     def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
@@ -184,15 +212,17 @@ class TieredBackend:
         except CacheORMError:
             self._drop(key)
             raise
-        self.near.set(key, value, near_ttl)
+        with self._changing():
+            self.near.set(key, value, near_ttl)
 
     def _conditional(self, stored: bool, key: bytes, value: bytes, ttl: int | Keep | None) -> bool:
         # After a KEEP_TTL cas the far entry's remaining lifetime is unknown: a
         # near copy could outlive it, so drop it and let the next read refill.
-        if stored and not isinstance(ttl, Keep):
-            self.near.set(key, value, self._near_ttl(ttl))
-        else:
-            self.near.delete(key)
+        with self._changing():
+            if stored and not isinstance(ttl, Keep):
+                self.near.set(key, value, self._near_ttl(ttl))
+            else:
+                self.near.delete(key)
         return stored
 
     def add(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
@@ -232,7 +262,8 @@ class TieredBackend:
         except CacheORMError:
             self._drop(*mapping)
             raise
-        self.near.set_many(mapping, near_ttl)
+        with self._changing():
+            self.near.set_many(mapping, near_ttl)
 
     def replace_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> list[bool]:
         """``far`` decides each key; ``near`` copies the stored ones and forgets the rest."""
@@ -243,8 +274,11 @@ class TieredBackend:
             self._drop(*mapping)
             raise
         pairs = list(mapping.items())
-        self.near.set_many({k: v for (k, v), ok in zip(pairs, stored, strict=True) if ok}, near_ttl)
-        self.near.delete_many(*[k for (k, _), ok in zip(pairs, stored, strict=True) if not ok])
+        with self._changing():
+            self.near.set_many(
+                {k: v for (k, v), ok in zip(pairs, stored, strict=True) if ok}, near_ttl
+            )
+            self.near.delete_many(*[k for (k, _), ok in zip(pairs, stored, strict=True) if not ok])
         return stored
 
     # -- invalidating operations ----------------------------------------------
@@ -354,14 +388,15 @@ class TieredBackend:
             # of its key, whose own follow-up already copied or dropped it.)
             return
         try:
-            if (
-                op in ("set", "add", "replace", "cas")
-                and answer is True
-                and not isinstance(command.ttl, Keep)
-            ):
-                self.near.set(key, command.value, self._near_ttl(command.ttl))
-            else:
-                self.near.delete(key)
+            with self._changing():
+                if (
+                    op in ("set", "add", "replace", "cas")
+                    and answer is True
+                    and not isinstance(command.ttl, Keep)
+                ):
+                    self.near.set(key, command.value, self._near_ttl(command.ttl))
+                else:
+                    self.near.delete(key)
         except CacheORMError:
             self._drop(key)
 
