@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from typing_extensions import TypeVar as TypeVarWithDefault
 
-from cacheorm.backends.base import KEEP_TTL, Command, CommandOp
+from cacheorm.backends.base import KEEP_TTL, Command
 from cacheorm.engine import Plan, plan_all, run_one
 from cacheorm.errors import (
     AlreadyExists,
@@ -55,6 +55,9 @@ K = TypeVarWithDefault("K", default=Hashable)
 LOCK_PREFIX = b"\x00lock\x00"
 """Prefix of ``get_or_load``'s stampede lock keys: keys cacheorm builds never start with
 NUL (only a custom ``key_format`` producing one could meet a lock key)."""
+
+MAX_AUTO_KEY_ATTEMPTS = 100
+"""Ids an ``AutoField`` insert draws before :class:`ConflictError` (each one was taken)."""
 
 MAX_CAS_ATTEMPTS = 100
 """Attempts of an atomic read-modify-write before :class:`ConflictError`."""
@@ -126,47 +129,70 @@ def _miss_mode(repo: Repo[R, K]) -> bool:
 
 def plan_insert(repo: Repo[R, K], record: R, *, only_new: bool = False) -> Plan[R]:
     """Upsert one record (``only_new``: ``add`` semantics)."""
-    schema = repo.schema
-    stored = schema.prepare(record)
-    if schema.auto_key and schema.key_of(stored) is None:
-        (n,) = yield [Command("incr", schema.counter_key(repo.namespace), delta=1)]
-        stored = schema.with_key(stored, _as_int(_check(n)))
-    stored = _before(repo, "before_insert", stored)
-    key = schema.encode_key(schema.key_of(stored), repo.namespace)
-    op: CommandOp = "add" if only_new else "set"
-    (ok,) = yield [Command(op, key, _encode(repo, stored), ttl=repo.ttl)]
-    if not _check(ok):
-        raise AlreadyExists(f"{schema.name} {schema.key_of(stored)!r} already exists")
-    _notify(repo, "after_insert", stored)
+    (stored,) = yield from _plan_write(repo, [repo.schema.prepare(record)], only_new)
     return stored
 
 
 def plan_insert_many(repo: Repo[R, K], records: Iterable[R]) -> Plan[list[R]]:
     """Upsert several records: one counter call for auto keys, one write call."""
     schema = repo.schema
-    stored = [schema.prepare(r) for r in records]
-    if schema.auto_key:
-        missing = [i for i, r in enumerate(stored) if schema.key_of(r) is None]
-        if missing:
-            counter = schema.counter_key(repo.namespace)
-            (last,) = yield [Command("incr", counter, delta=len(missing))]
-            first = _as_int(_check(last)) - len(missing) + 1
-            for offset, i in enumerate(missing):
-                stored[i] = schema.with_key(stored[i], first + offset)
-    stored = [_before(repo, "before_insert", r) for r in stored]
-    if not stored:
-        return []
-    ttl = repo.ttl
-    ns = repo.namespace
-    commands = [
-        Command("set", schema.encode_key(schema.key_of(r), ns), _encode(repo, r), ttl=ttl)
-        for r in stored
-    ]
-    for result in (yield commands):
-        _check(result)
-    for r in stored:
-        _notify(repo, "after_insert", r)
-    return stored
+    return (yield from _plan_write(repo, [schema.prepare(r) for r in records], False))
+
+
+def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[list[R]]:
+    """Write prepared records, assigning ``AutoField`` keys from the backend's counter.
+
+    A record given an automatic key is written with ``add``: if that id is taken
+    (a record inserted earlier with an explicit id), it draws the next one
+    instead of overwriting the other record.
+    """
+    schema = repo.schema
+    ns, ttl = repo.namespace, repo.ttl
+    auto = {i for i, r in enumerate(prepared) if schema.auto_key and schema.key_of(r) is None}
+    stored = list(prepared)
+    todo = list(range(len(stored)))
+    for _ in range(MAX_AUTO_KEY_ATTEMPTS):
+        waiting = [i for i in todo if i in auto]
+        if waiting:
+            counter = schema.counter_key(ns)
+            (last,) = yield [Command("incr", counter, delta=len(waiting))]
+            first = _as_int(_check(last)) - len(waiting) + 1
+            for offset, i in enumerate(waiting):
+                stored[i] = _before(
+                    repo, "before_insert", schema.with_key(prepared[i], first + offset)
+                )
+        for i in todo:
+            if i not in auto:
+                stored[i] = _before(repo, "before_insert", stored[i])
+        commands = [
+            Command(
+                "add" if only_new or i in auto else "set",
+                schema.encode_key(schema.key_of(stored[i]), ns),
+                _encode(repo, stored[i]),
+                ttl=ttl,
+            )
+            for i in todo
+        ]
+        if not commands:
+            return []
+        results = yield commands
+        retry = []
+        for i, ok in zip(todo, results, strict=True):
+            if _check(ok):
+                continue
+            if i not in auto:
+                raise AlreadyExists(f"{schema.name} {schema.key_of(stored[i])!r} already exists")
+            retry.append(i)
+        for i in todo:
+            if i not in retry:
+                _notify(repo, "after_insert", stored[i])
+        if not retry:
+            return stored
+        auto = set(retry)
+        todo = retry
+    raise ConflictError(
+        f"{schema.name}: every automatic id drawn in {MAX_AUTO_KEY_ATTEMPTS} attempts was taken"
+    )
 
 
 def plan_get_or_none(repo: Repo[R, K], key: K) -> Plan[R | None]:
@@ -217,7 +243,7 @@ def _plan_rmw(repo: Repo[R, K], key: K, change: Callable[[R], R]) -> Plan[R]:
         raw, token = _as_pair(got)
         new = change(_decode(repo, raw, key))
         new = _before(repo, "before_update", new)
-        if schema.key_of(new) != key:
+        if schema.encode_key(schema.key_of(new), repo.namespace) != bkey:
             raise ValidationError(
                 f"{schema.name} {key!r}: an update cannot change the key "
                 f"(got {schema.key_of(new)!r}); insert a new record and delete the old one"
@@ -232,17 +258,39 @@ def _plan_rmw(repo: Repo[R, K], key: K, change: Callable[[R], R]) -> Plan[R]:
     )
 
 
-def plan_update(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> Plan[R]:
-    """Change the named fields of one record atomically."""
+def _check_changes(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> None:
+    """Validate an update before anything is read or written.
+
+    Raises:
+        ValidationError: a bad key, an unknown or key field, or a value its field
+            cannot store (``None`` is left to the record's rules: a default may fill it).
+    """
     schema = repo.schema
+    schema.encode_key(key, repo.namespace)
     unknown = sorted(set(changes) - set(schema.field_names))
     if unknown:
         raise ValidationError(
             f"{schema.name} has no field(s) {', '.join(unknown)}; "
             f"fields are {', '.join(schema.field_names)}"
         )
+    for name, value in changes.items():
+        if name in schema.key_fields:
+            raise ValidationError(
+                f"{schema.name}.{name} is part of the key and cannot be updated; "
+                "insert a new record and delete the old one"
+            )
+        if value is not None:
+            try:
+                schema.fields[name].prepare(value)
+            except ValidationError as err:
+                raise ValidationError(f"{schema.name}.{name}: {err}") from err
+
+
+def plan_update(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> Plan[R]:
+    """Change the named fields of one record atomically."""
+    _check_changes(repo, key, changes)
     changes = dict(changes)
-    return (yield from _plan_rmw(repo, key, lambda old: schema.evolve(old, changes)))
+    return (yield from _plan_rmw(repo, key, lambda old: repo.schema.evolve(old, changes)))
 
 
 def plan_modify(repo: Repo[R, K], key: K, fn: Callable[[R], R]) -> Plan[R]:
@@ -260,7 +308,12 @@ def _or_none(plan: Plan[T]) -> Plan[T | None]:
 def plan_update_many(
     repo: Repo[R, K], changes: Mapping[K, Mapping[str, object]]
 ) -> Plan[list[R | None]]:
-    """Update several records: all reads in one phase, all writes in the next."""
+    """Update several records: all reads in one phase, all writes in the next.
+
+    Every key and change is validated first, so a bad one writes nothing.
+    """
+    for key, fields in changes.items():
+        _check_changes(repo, key, fields)
     updates = [plan_update(repo, key, fields) for key, fields in changes.items()]
     results = yield from plan_all([_or_none(update) for update in updates])
     out: list[R | None] = []
@@ -274,8 +327,14 @@ def plan_update_many(
 def plan_replace(repo: Repo[R, K], record: R) -> Plan[R]:
     """Overwrite an existing record; :class:`NotFound` when absent."""
     schema = repo.schema
-    stored = _before(repo, "before_update", schema.prepare(record))
+    prepared = schema.prepare(record)
+    stored = _before(repo, "before_update", prepared)
     key = schema.key_of(stored)
+    if schema.key_of(prepared) != key:
+        raise ValidationError(
+            f"{schema.name}: a before_update hook cannot change the key "
+            f"({schema.key_of(prepared)!r} -> {key!r})"
+        )
     (ok,) = yield [
         Command(
             "replace",

@@ -508,7 +508,14 @@ class EnumField(Field[E]):
         try:
             return self._by_value[(type(data), data)]
         except (KeyError, TypeError):
-            raise ValueError(f"{data!r} is not a value of {self.enum_type.__name__}") from None
+            pass
+        if issubclass(self.enum_type, enum.Flag) and type(data) is int:
+            # Combined and empty flags are values but not listed members.
+            try:
+                return self.enum_type(data)
+            except ValueError:
+                pass
+        raise ValueError(f"{data!r} is not a value of {self.enum_type.__name__}")
 
 
 class FieldValidationError(ValidationError):

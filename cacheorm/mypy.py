@@ -301,7 +301,8 @@ def _schema_return(ctx: FunctionContext) -> Type:
         else:
             key_types.append(_without_none(fields[name]))
     key_type: Type
-    if isinstance(key_args[0], StrExpr):
+    if isinstance(key_args[0], StrExpr) or len(key_types) == 1:
+        # A one-field key is a scalar at run time, however it was spelt.
         key_type = key_types[0]
     else:
         key_type = TupleType(

@@ -134,6 +134,7 @@ class _RecordCodec:
     __slots__ = (
         "build",
         "fields",
+        "fills_none",
         "kind",
         "load_defaults",
         "name_set",
@@ -187,6 +188,13 @@ class _RecordCodec:
                 raise SchemaError(
                     f"{label}: dataclass {record_type.__name__} is mutable; "
                     "declare it @dataclass(frozen=True)"
+                )
+            init_vars = sorted(n for n, h in hints.items() if isinstance(h, dataclasses.InitVar))
+            if init_vars:
+                raise SchemaError(
+                    f"{label}: {record_type.__name__} has InitVar field(s) {init_vars}, which "
+                    "are not stored and would shift the others when the record is rebuilt; "
+                    "make them fields or compute them in a property"
                 )
             dc_fields = [
                 f
@@ -260,6 +268,9 @@ class _RecordCodec:
         )
         # Load: schema defaults first, then the record type's own defaults.
         self.load_defaults = {**record_defaults, **schema_defaults}
+        # On write only schema defaults replace None, so only they may on read:
+        # a stored None in a field with a record-type default is a real None.
+        self.fills_none = frozenset(schema_defaults)
         self.to_load = tuple((n, rules[n].load) for n in names)
         self.to_convert = tuple((n, rules[n].dump) for n in names if not rules[n].dump_is_identity)
         self.values_of = self._compile_values_of()
@@ -374,14 +385,19 @@ class _RecordCodec:
         for (name, load), rule in zip(self.to_load, self.fields.values(), strict=True):
             default = self.load_defaults.get(name)
             raw = data.get(name, _MISSING)
-            if raw is not _MISSING and not (raw is None and default is not None):
+            if raw is not _MISSING and not (raw is None and name in self.fills_none):
                 try:
                     values.append(load(raw))
+                    continue
                 except _LoadError as err:
-                    raise _LoadError((name, *err.path), err.reason) from err
+                    if raw is not None or default is None:
+                        raise _LoadError((name, *err.path), err.reason) from err
                 except Exception as err:
-                    raise _LoadError((name,), str(err) or type(err).__name__) from err
-            elif default is not None:
+                    if raw is not None or default is None:
+                        raise _LoadError((name,), str(err) or type(err).__name__) from err
+                # A null the field cannot hold (it was nullable in an older
+                # record type): take the default below.
+            if default is not None:
                 try:
                     values.append(rule.prepare(default()))
                 except ValidationError as err:

@@ -434,3 +434,61 @@ def test_a_user_serializers_own_errors_are_wrapped() -> None:
     with pytest.raises(co.DecodeError, match="Sam") as decode_info:
         co.get(repo, "Sam")
     assert isinstance(decode_info.value.__cause__, KeyError)
+
+
+# ------------------------------------------------------------------ audit regressions
+
+
+def test_update_many_validates_everything_before_writing_anything() -> None:
+    people = co.Repo(PERSON)
+    co.insert_many(people, [Person("a", 1.0), Person("b", 1.0)])
+    for bad in (
+        {"a": {"height": 2.0}, "b": {"height": "tall"}},
+        {"a": {"height": 2.0}, 5: {"height": 1.0}},
+        {"a": {"height": 2.0}, "b": {"hieght": 1.0}},
+        {"a": {"height": 2.0}, "b": {"name": "c"}},
+    ):
+        with pytest.raises(co.ValidationError):
+            co.update_many(people, bad)  # type: ignore[arg-type]  # runtime check
+        assert co.get(people, "a").height == 1.0
+
+
+class Tick(NamedTuple):
+    at: dt.datetime
+    n: int
+
+
+def test_update_by_a_key_that_its_field_normalises() -> None:
+    ticks = co.Repo(co.Schema(Tick, key="at", fields={"at": co.TimestampField(resolution=1000)}))
+    precise = dt.datetime(2024, 1, 1, 12, 0, 0, 123456)
+    co.insert(ticks, Tick(precise, 0))
+    assert co.update(ticks, precise, n=1).n == 1
+    assert co.modify(ticks, precise, lambda t: t._replace(n=t.n + 1)).n == 2
+
+
+def test_auto_ids_skip_ids_taken_by_explicit_inserts(backend: co.Backend) -> None:
+    notes = co.Repo(NOTE, backend=backend)
+    co.insert(notes, Note(1, "explicit one"))
+    co.insert(notes, Note(3, "explicit three"))
+    first = co.insert(notes, Note(None, "auto"))
+    many = co.insert_many(notes, [Note(None, "x"), Note(None, "y")])
+    ids = [first.id, *(n.id for n in many)]
+    assert 1 not in ids
+    assert 3 not in ids
+    assert len(set(ids)) == 3
+    assert co.get(notes, 1).title == "explicit one"
+    assert co.get(notes, 3).title == "explicit three"
+
+
+def test_a_hook_cannot_move_a_replace_to_another_key() -> None:
+    people = co.Repo(PERSON)
+    co.insert_many(people, [Person("n", 1.0), Person("other", 1.0)])
+
+    def rename(repo: co.Repo[Person, str], record: object) -> object:
+        assert isinstance(record, Person)
+        return record._replace(name="other")
+
+    hooked = co.on(people, "before_update", rename)
+    with pytest.raises(co.ValidationError, match="cannot change the key"):
+        co.replace(hooked, Person("n", 6.0))
+    assert co.get(people, "other") == Person("other", 1.0)

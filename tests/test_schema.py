@@ -517,3 +517,53 @@ def test_key_of_composite_and_scalar() -> None:
     assert [PERSON.key_of(p) for p in _people(2)] == ["p0", "p1"]
     with pytest.raises(co.ValidationError, match="cannot read key"):
         collections.key_of({"collector": "a"})  # type: ignore[typeddict-item]  # the point
+
+
+# ------------------------------------------------------------------ audit regressions
+
+
+class Perm(enum.Flag):
+    R = 4
+    W = 2
+    X = 1
+
+
+class Perms(NamedTuple):
+    name: str
+    perm: Perm
+
+
+def test_combined_and_empty_flags_round_trip() -> None:
+    schema = co.Schema(Perms, key="name")
+    for perm in (Perm.R | Perm.W, Perm(0), Perm.X):
+        record = Perms("f", perm)
+        assert schema.load(schema.dump(schema.prepare(record))) == record
+
+
+def test_a_dataclass_with_an_initvar_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class WithInit:
+        k: str
+        hint: dataclasses.InitVar[str | None] = None
+        v: int = 0
+
+    with pytest.raises(co.SchemaError, match="InitVar"):
+        co.Schema(WithInit, key="k")
+
+
+class EmailV1(NamedTuple):
+    k: str
+    email: str | None = "default@x"
+
+
+class EmailV2(NamedTuple):
+    k: str
+    email: str | None = "default@x"
+    age: int = 0
+
+
+def test_a_stored_null_stays_null_when_an_evolved_schema_reads_it() -> None:
+    old = co.Schema(EmailV1, key="k", name="Email")
+    new = co.Schema(EmailV2, key="k", name="Email")
+    payload = old.dump(old.prepare(EmailV1("a", None)))
+    assert new.load(payload) == EmailV2("a", None, 0)

@@ -14,6 +14,9 @@ points = co.Repo(co.Schema(Point, key=["x", "y"]))
 assert_type(people, co.Repo[Person, str])
 assert_type(collections, co.Repo[Collection, tuple[str, int]])
 assert_type(points, co.Repo[Point, tuple[int, int]])
+# A one-field key is a scalar at run time, even when spelt as a tuple.
+solo = co.Repo(co.Schema(Person, key=("name",)))
+assert_type(solo, co.Repo[Person, str])
 
 # The contract's explicit annotations keep working with the plugin on.
 annotated: co.Repo[Person, str] = co.Repo(co.Schema(Person, key="name"))
