@@ -205,11 +205,10 @@ def plan_get_or_none(repo: Repo[R, K], key: K) -> Plan[R | None]:
 
 def plan_get(repo: Repo[R, K], key: K) -> Plan[R]:
     """Read one record; :class:`NotFound` when missing."""
-    # The hot path: plan_get_or_none inlined rather than delegated to.
-    (raw,) = yield [Command("get", repo.schema.encode_key(key, repo.namespace))]
-    if raw is None:
+    record = yield from plan_get_or_none(repo, key)
+    if record is None:
         raise NotFound(f"{repo.schema.name} {key!r} not found")
-    return _decode(repo, _as_bytes(_check(raw)), key)
+    return record
 
 
 def plan_get_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[list[R | None]]:
@@ -231,10 +230,9 @@ def plan_exists(repo: Repo[R, K], key: K) -> Plan[bool]:
     return bool(_check(found))
 
 
-def _plan_rmw(repo: Repo[R, K], key: K, change: Callable[[R], R]) -> Plan[R]:
-    """Atomic read-modify-write on the backend's compare-and-set, with retries."""
+def _plan_rmw(repo: Repo[R, K], key: K, bkey: bytes, change: Callable[[R], R]) -> Plan[R]:
+    """Atomic read-modify-write of ``key`` (stored as ``bkey``) on the backend's CAS."""
     schema = repo.schema
-    bkey = schema.encode_key(key, repo.namespace)
     ttl = repo.ttl if repo.refresh_ttl_on_update else KEEP_TTL
     for attempt in range(MAX_CAS_ATTEMPTS):
         (got,) = yield [Command("gets", bkey)]
@@ -258,15 +256,15 @@ def _plan_rmw(repo: Repo[R, K], key: K, change: Callable[[R], R]) -> Plan[R]:
     )
 
 
-def _check_changes(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> None:
-    """Validate an update before anything is read or written.
+def _check_changes(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> bytes:
+    """Validate an update before anything is read or written; return the stored key.
 
     Raises:
         ValidationError: a bad key, an unknown or key field, or a value its field
             cannot store (``None`` is left to the record's rules: a default may fill it).
     """
     schema = repo.schema
-    schema.encode_key(key, repo.namespace)
+    bkey = schema.encode_key(key, repo.namespace)
     unknown = sorted(set(changes) - set(schema.field_names))
     if unknown:
         raise ValidationError(
@@ -284,18 +282,20 @@ def _check_changes(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> N
                 schema.fields[name].prepare(value)
             except ValidationError as err:
                 raise ValidationError(f"{schema.name}.{name}: {err}") from err
+    return bkey
 
 
 def plan_update(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> Plan[R]:
     """Change the named fields of one record atomically."""
-    _check_changes(repo, key, changes)
+    bkey = _check_changes(repo, key, changes)
     changes = dict(changes)
-    return (yield from _plan_rmw(repo, key, lambda old: repo.schema.evolve(old, changes)))
+    return (yield from _plan_rmw(repo, key, bkey, lambda old: repo.schema.evolve(old, changes)))
 
 
 def plan_modify(repo: Repo[R, K], key: K, fn: Callable[[R], R]) -> Plan[R]:
     """Replace one record by ``fn(old)`` atomically."""
-    return (yield from _plan_rmw(repo, key, lambda old: repo.schema.prepare(fn(old))))
+    bkey = repo.schema.encode_key(key, repo.namespace)
+    return (yield from _plan_rmw(repo, key, bkey, lambda old: repo.schema.prepare(fn(old))))
 
 
 def _or_none(plan: Plan[T]) -> Plan[T | None]:

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Generic, Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeAlias, TypeVar, get_args
 
 from typing_extensions import TypeVar as TypeVarWithDefault
 
@@ -35,14 +35,7 @@ Event: TypeAlias = Literal[
     "before_delete",
     "after_delete",
 ]
-EVENTS: tuple[Event, ...] = (
-    "before_insert",
-    "after_insert",
-    "before_update",
-    "after_update",
-    "before_delete",
-    "after_delete",
-)
+EVENTS: tuple[Event, ...] = get_args(Event)
 
 Hook: TypeAlias = Callable[["Repo[R, K]", object], object]
 """``handler(repo, record_or_key)``; a ``before_*`` hook may return a replacement or veto."""

@@ -33,6 +33,7 @@ from cacheorm.backends.base import (
     Command,
     Keep,
     apply,
+    check_delta,
     counter_sum,
     resolve_ttl,
 )
@@ -491,8 +492,7 @@ class MemcachedBackend:
         Native ``incr`` where memcached can do it (non-negative value and delta),
         otherwise a ``gets``/``cas`` loop, so the result may go below zero.
         """
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise ValidationError(f"delta must be an int, got {delta!r}")
+        check_delta(delta)
         k = memcached_key(key)
         client = self._client
         if 0 <= delta < 2**63:
@@ -545,8 +545,7 @@ class MemcachedBackend:
 
     def decr(self, key: bytes, delta: int = 1) -> int:
         """Subtract ``delta`` atomically and return the new value (may go below zero)."""
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise ValidationError(f"delta must be an int, got {delta!r}")
+        check_delta(delta)
         return self.incr(key, -delta)
 
     def touch(self, key: bytes, ttl: TTL = None) -> bool:

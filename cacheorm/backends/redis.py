@@ -12,7 +12,16 @@ import hashlib
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, apply, resolve_ttl
+from cacheorm.backends.base import (
+    KEEP_TTL,
+    TTL,
+    CasToken,
+    Command,
+    Keep,
+    apply,
+    check_delta,
+    resolve_ttl,
+)
 from cacheorm.errors import BackendError, CacheORMError, ValidationError, ValueTooLarge
 
 if TYPE_CHECKING:
@@ -338,8 +347,7 @@ class RedisBackend:
 
     def incr(self, key: bytes, delta: int = 1) -> int:
         """``INCRBY``: a missing key counts as 0; the result may be negative."""
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise ValidationError(f"delta must be an int, got {delta!r}")
+        check_delta(delta)
         try:
             return int(self._exec("INCRBY", key, delta))
         except self._errors as err:
@@ -347,8 +355,7 @@ class RedisBackend:
 
     def decr(self, key: bytes, delta: int = 1) -> int:
         """``DECRBY``: a missing key counts as 0; the result may be negative."""
-        if isinstance(delta, bool) or not isinstance(delta, int):
-            raise ValidationError(f"delta must be an int, got {delta!r}")
+        check_delta(delta)
         try:
             return int(self._exec("DECRBY", key, delta))
         except self._errors as err:
