@@ -4,6 +4,13 @@ Each public function is a thin driver over a *plan* (see :mod:`cacheorm.engine`)
 the plan says which storage commands to send and what to make of the answers;
 ``co.execute`` runs the very same plans in pipelines. All functions take the
 repo first and positionally, never mutate their inputs, and return new records.
+
+Nothing read from the cache is trusted: every read checks that the decoded
+record is the record of the key asked for, in the repo's namespace
+(:class:`DecodeError` otherwise), so a payload copied or planted under another
+key is refused; ``signed(...)`` also binds the storage key into its MAC. A
+loader's record must be the record of the key it was asked for
+(:class:`ValidationError` otherwise, nothing stored).
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ from cacheorm.backends.base import KEEP_TTL, Command
 from cacheorm.engine import Plan, plan_all, run_one
 from cacheorm.errors import (
     AlreadyExists,
+    BackendError,
     CacheORMError,
     ConflictError,
     DecodeError,
     NotFound,
     ValidationError,
 )
-from cacheorm.repo import Event, Repo
+from cacheorm.repo import NAMESPACE_FIELD, Event, Repo
 
 __all__ = [
     "add",
@@ -73,9 +81,15 @@ def _check(result: object) -> object:
     return result
 
 
-def _encode(repo: Repo[R, K], record: R) -> bytes:
-    payload = repo.schema.dump(record)
+def _encode(repo: Repo[R, K], record: R, bkey: bytes) -> bytes:
+    """A prepared record as the bytes stored under ``bkey``."""
+    payload = repo.schema.dump(record)  # a fresh dict: marking it needs no copy
+    if repo.namespace and repo.marks_namespace:
+        payload[NAMESPACE_FIELD] = repo.namespace
+    keyed = repo.keyed_serializer
     try:
+        if keyed is not None:
+            return keyed.dumps_keyed(payload, bkey)
         return repo.serializer.dumps(payload)
     except CacheORMError:
         raise
@@ -85,14 +99,47 @@ def _encode(repo: Repo[R, K], record: R) -> bytes:
         ) from err
 
 
-def _decode(repo: Repo[R, K], raw: bytes, key: object) -> R:
+_PLANTED = "it was copied or planted there; delete it (get_or_load overwrites it)"
+
+
+def _decode(repo: Repo[R, K], raw: bytes, key: object, bkey: bytes) -> R:
+    """The record stored as ``raw`` under ``key`` (``bkey``), checked to be that key's.
+
+    Raises:
+        DecodeError: the bytes do not decode to a record of this schema, or they
+            decode to the record of another key or namespace (a copied payload).
+    """
+    schema = repo.schema
+    keyed = repo.keyed_serializer
     try:
-        payload = repo.serializer.loads(raw)
+        payload = repo.serializer.loads(raw) if keyed is None else keyed.loads_keyed(raw, bkey)
     except CacheORMError as err:
-        raise DecodeError(f"{repo.schema.name} key {key!r}: {err}") from err
+        raise DecodeError(f"{schema.name} key {key!r}: {err}") from err
     except Exception as err:  # a user-supplied serializer may raise anything
-        raise DecodeError(f"{repo.schema.name} key {key!r}: cannot decode payload: {err}") from err
-    return repo.schema.load(payload, key)
+        raise DecodeError(f"{schema.name} key {key!r}: cannot decode payload: {err}") from err
+    # The mark is compared first: a matching one (the common case) never needs
+    # the serializer probe behind marks_namespace.
+    mark = payload.get(NAMESPACE_FIELD) if type(payload) is dict else None
+    if mark != (repo.namespace or None) and repo.marks_namespace:
+        raise DecodeError(
+            f"{schema.name} key {key!r}: the payload was written under namespace "
+            f"{mark or ''!r}, not {repo.namespace!r}: {_PLANTED}"
+        )
+    record = schema.load(payload, key)
+    found = schema.key_of(record)
+    if found != key and not _same_key(repo, found, bkey):
+        raise DecodeError(
+            f"{schema.name} key {key!r}: the payload holds the record of key {found!r}: {_PLANTED}"
+        )
+    return record
+
+
+def _same_key(repo: Repo[R, K], key: K, bkey: bytes) -> bool:
+    """Whether ``key`` is stored as ``bkey`` (equal once normalised, e.g. ``1.0`` and ``1``)."""
+    try:
+        return repo.schema.encode_key(key, repo.namespace) == bkey
+    except ValidationError:
+        return False
 
 
 def _before(repo: Repo[R, K], event: Event, record: R) -> R:
@@ -122,6 +169,19 @@ def key_list(keys: Iterable[K]) -> list[K]:
 
 def _miss_mode(repo: Repo[R, K]) -> bool:
     return repo.on_backend_error == "miss"
+
+
+def _read(repo: Repo[R, K], answer: object) -> object:
+    """A read command's answer; with ``on_backend_error="miss"`` an outage reads as a miss.
+
+    Only reads degrade so: every other command's ``BackendError`` is raised by
+    :func:`_check` in either mode (a write or delete that did not happen).
+    """
+    if isinstance(answer, BaseException):
+        if isinstance(answer, BackendError) and _miss_mode(repo):
+            return None
+        raise answer
+    return answer
 
 
 # --------------------------------------------------------------------------- plans
@@ -164,14 +224,15 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
         for i in todo:
             if i not in auto:
                 stored[i] = _before(repo, "before_insert", stored[i])
+        bkeys = [schema.encode_key(schema.key_of(stored[i]), ns) for i in todo]
         commands = [
             Command(
                 "add" if only_new or i in auto else "set",
-                schema.encode_key(schema.key_of(stored[i]), ns),
-                _encode(repo, stored[i]),
+                bkey,
+                _encode(repo, stored[i], bkey),
                 ttl=ttl,
             )
-            for i in todo
+            for i, bkey in zip(todo, bkeys, strict=True)
         ]
         if not commands:
             return []
@@ -197,10 +258,12 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
 
 def plan_get_or_none(repo: Repo[R, K], key: K) -> Plan[R | None]:
     """Read one record, ``None`` when missing."""
-    (raw,) = yield [Command("get", repo.schema.encode_key(key, repo.namespace))]
+    bkey = repo.schema.encode_key(key, repo.namespace)
+    (raw,) = yield [Command("get", bkey)]
+    raw = _read(repo, raw)
     if raw is None:
         return None
-    return _decode(repo, _as_bytes(_check(raw)), key)
+    return _decode(repo, _as_bytes(raw), key, bkey)
 
 
 def plan_get(repo: Repo[R, K], key: K) -> Plan[R]:
@@ -217,17 +280,19 @@ def plan_get_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[list[R | None]]:
     if not keys:
         return []
     encode, ns = repo.schema.encode_key, repo.namespace
-    raws = yield [Command("get", encode(k, ns)) for k in keys]
-    return [
-        None if raw is None else _decode(repo, _as_bytes(_check(raw)), k)
-        for k, raw in zip(keys, raws, strict=True)
-    ]
+    bkeys = [encode(k, ns) for k in keys]
+    raws = yield [Command("get", bkey) for bkey in bkeys]
+    records: list[R | None] = []
+    for k, bkey, raw in zip(keys, bkeys, raws, strict=True):
+        raw = _read(repo, raw)
+        records.append(None if raw is None else _decode(repo, _as_bytes(raw), k, bkey))
+    return records
 
 
 def plan_exists(repo: Repo[R, K], key: K) -> Plan[bool]:
     """Whether a record is stored under ``key``."""
     (found,) = yield [Command("has", repo.schema.encode_key(key, repo.namespace))]
-    return bool(_check(found))
+    return bool(_read(repo, found))
 
 
 def _plan_rmw(repo: Repo[R, K], key: K, bkey: bytes, change: Callable[[R], R]) -> Plan[R]:
@@ -239,14 +304,14 @@ def _plan_rmw(repo: Repo[R, K], key: K, bkey: bytes, change: Callable[[R], R]) -
         if _check(got) is None:
             raise NotFound(f"{schema.name} {key!r} not found")
         raw, token = _as_pair(got)
-        new = change(_decode(repo, raw, key))
+        new = change(_decode(repo, raw, key, bkey))
         new = _before(repo, "before_update", new)
         if schema.encode_key(schema.key_of(new), repo.namespace) != bkey:
             raise ValidationError(
                 f"{schema.name} {key!r}: an update cannot change the key "
                 f"(got {schema.key_of(new)!r}); insert a new record and delete the old one"
             )
-        (ok,) = yield [Command("cas", bkey, _encode(repo, new), ttl=ttl, token=token)]
+        (ok,) = yield [Command("cas", bkey, _encode(repo, new, bkey), ttl=ttl, token=token)]
         if _check(ok):
             _notify(repo, "after_update", new)
             return new
@@ -260,28 +325,12 @@ def _check_changes(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> b
     """Validate an update before anything is read or written; return the stored key.
 
     Raises:
-        ValidationError: a bad key, an unknown or key field, or a value its field
-            cannot store (``None`` is left to the record's rules: a default may fill it).
+        ValidationError: a bad key, or changes that no record could take (see
+            :meth:`Schema.check_changes`: an unknown or key field, a value,
+            ``None`` included, that its field cannot store).
     """
-    schema = repo.schema
-    bkey = schema.encode_key(key, repo.namespace)
-    unknown = sorted(set(changes) - set(schema.field_names))
-    if unknown:
-        raise ValidationError(
-            f"{schema.name} has no field(s) {', '.join(unknown)}; "
-            f"fields are {', '.join(schema.field_names)}"
-        )
-    for name, value in changes.items():
-        if name in schema.key_fields:
-            raise ValidationError(
-                f"{schema.name}.{name} is part of the key and cannot be updated; "
-                "insert a new record and delete the old one"
-            )
-        if value is not None:
-            try:
-                schema.fields[name].prepare(value)
-            except ValidationError as err:
-                raise ValidationError(f"{schema.name}.{name}: {err}") from err
+    bkey = repo.schema.encode_key(key, repo.namespace)
+    repo.schema.check_changes(changes)
     return bkey
 
 
@@ -335,14 +384,8 @@ def plan_replace(repo: Repo[R, K], record: R) -> Plan[R]:
             f"{schema.name}: a before_update hook cannot change the key "
             f"({schema.key_of(prepared)!r} -> {key!r})"
         )
-    (ok,) = yield [
-        Command(
-            "replace",
-            schema.encode_key(key, repo.namespace),
-            _encode(repo, stored),
-            ttl=repo.ttl,
-        )
-    ]
+    bkey = schema.encode_key(key, repo.namespace)
+    (ok,) = yield [Command("replace", bkey, _encode(repo, stored, bkey), ttl=repo.ttl)]
     if not _check(ok):
         raise NotFound(f"{schema.name} {key!r} not found")
     _notify(repo, "after_update", stored)
@@ -383,6 +426,7 @@ def plan_get_or_load(
     wait: float = 10.0,
 ) -> Plan[R]:
     """Read-through with stampede protection (see :func:`get_or_load`)."""
+    _check_lock_settings(lock_ttl, wait)
     schema = repo.schema
     bkey = schema.encode_key(key, repo.namespace)
     lock = LOCK_PREFIX + bkey
@@ -391,16 +435,21 @@ def plan_get_or_load(
     attempt = 0
     while True:
         found = yield from _plan_read_valid(repo, bkey, key)
+        if isinstance(found, BackendError):
+            return _load(repo, key, bkey, loader)  # miss mode, server down: nothing to store in
         if found is not None:
             return found
         (locked,) = yield [Command("add", lock, token, ttl=lock_ttl)]
+        if isinstance(locked, BackendError) and _miss_mode(repo):
+            # The lock cannot be taken: load without it, as after `wait`.
+            return (yield from _plan_store_loaded(repo, _load(repo, key, bkey, loader)))
         if _check(locked):
             try:
                 # Another caller may have stored it between our read and our lock.
                 found = yield from _plan_read_valid(repo, bkey, key)
-                if found is not None:
+                if found is not None and not isinstance(found, BackendError):
                     return found
-                return (yield from plan_insert(repo, loader(key)))
+                return (yield from _plan_store_loaded(repo, _load(repo, key, bkey, loader)))
             finally:
                 yield from _plan_release(lock, token)
         if time.monotonic() >= deadline:
@@ -410,20 +459,75 @@ def plan_get_or_load(
                 key,
                 wait,
             )
-            return (yield from plan_insert(repo, loader(key)))
+            return (yield from _plan_store_loaded(repo, _load(repo, key, bkey, loader)))
         time.sleep(min(0.05, 0.002 * 2**attempt))
         attempt += 1
 
 
-def _plan_read_valid(repo: Repo[R, K], bkey: bytes, key: K) -> Plan[R | None]:
-    """Read a record; an undecodable payload counts as a miss (and is overwritten later)."""
-    (raw,) = yield [Command("get", bkey)]
+def _check_lock_settings(lock_ttl: object, wait: object) -> None:
+    """Refuse a ``lock_ttl`` that would never expire and a ``wait`` below zero."""
+    if isinstance(lock_ttl, bool) or not isinstance(lock_ttl, int) or lock_ttl < 1:
+        raise ValidationError(
+            f"lock_ttl must be a positive int of seconds, got {lock_ttl!r}: it is how long "
+            "a crashed loader's lock blocks the key (0 would block it forever)"
+        )
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+        raise ValidationError(f"wait must be a number of seconds >= 0, got {wait!r}")
+
+
+def _load(repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R]) -> R:
+    """``loader(key)``, prepared, checked to be the record of ``key``.
+
+    Raises:
+        ValidationError: the loader returned something that is not a record of
+            the schema, or the record of another key (nothing is stored).
+    """
+    schema = repo.schema
+    record = schema.prepare(loader(key))
+    found = schema.key_of(record)
+    if found != key and not _same_key(repo, found, bkey):
+        name = getattr(loader, "__qualname__", None) or repr(loader)
+        raise ValidationError(
+            f"{schema.name}: loader {name} was asked for key {key!r} but returned the record "
+            f"of key {found!r}; nothing was stored. Return the record of the key asked for"
+        )
+    return record
+
+
+def _plan_store_loaded(repo: Repo[R, K], record: R) -> Plan[R]:
+    """Store a loaded, prepared record; in miss mode an outage returns it unstored."""
+    try:
+        (stored,) = yield from _plan_write(repo, [record], False)
+    except BackendError:
+        if not _miss_mode(repo):
+            raise
+        return record
+    return stored
+
+
+def _plan_read_valid(repo: Repo[R, K], bkey: bytes, key: K) -> Plan[R | BackendError | None]:
+    """Read a record; an undecodable payload counts as a miss (and is overwritten later).
+
+    Returns:
+        The record, ``None`` on a miss, or, in miss mode, the ``BackendError``
+        that kept the read from reaching the server.
+    """
+    try:
+        (raw,) = yield [Command("get", bkey)]
+    except DecodeError:
+        raw = None  # the store cannot hand back bytes (a Redis key of another type)
+    if isinstance(raw, BackendError) and _miss_mode(repo):
+        return raw
+    if isinstance(raw, DecodeError):
+        raw = None
     if _check(raw) is None:
         return None
     try:
-        return _decode(repo, _as_bytes(raw), key)
-    except DecodeError:
-        logger.warning("%s %r: undecodable payload treated as a miss", repo.schema.name, key)
+        return _decode(repo, _as_bytes(raw), key, bkey)
+    except DecodeError as err:
+        logger.warning(
+            "%s %r: undecodable payload treated as a miss: %s", repo.schema.name, key, err
+        )
         return None
 
 
@@ -454,6 +558,10 @@ def _as_pair(value: object) -> tuple[bytes, object]:
 
 
 # --------------------------------------------------------------------------- public API
+#
+# With on_backend_error="miss" (see Repo), reads degrade during an outage and
+# writes do not: the Raises sections below name BackendError for the calls
+# that raise it in both modes.
 
 
 def insert(repo: Repo[R, K], record: R, /) -> R:
@@ -463,13 +571,20 @@ def insert(repo: Repo[R, K], record: R, /) -> R:
 
     Raises:
         ValidationError: the record is not of the repo's type or a value cannot be stored.
-        BackendError: the server is unreachable.
+        BackendError: the server is unreachable; in either ``on_backend_error``
+            mode, as the record was not stored.
     """
     return run_one(repo.backend, plan_insert(repo, record), _miss_mode(repo))
 
 
 def insert_many(repo: Repo[R, K], records: Iterable[R], /) -> list[R]:
-    """Store several records in one round trip; return them as stored, in order."""
+    """Store several records in one round trip; return them as stored, in order.
+
+    Raises:
+        ValidationError: a record cannot be stored (nothing is written).
+        BackendError: a write did not reach its server, in either
+            ``on_backend_error`` mode (on a pool, records on healthy nodes are stored).
+    """
     return run_one(repo.backend, plan_insert_many(repo, records), _miss_mode(repo))
 
 
@@ -478,6 +593,7 @@ def add(repo: Repo[R, K], record: R, /) -> R:
 
     Raises:
         AlreadyExists: a record with that key is already stored.
+        BackendError: the server is unreachable, in either ``on_backend_error`` mode.
     """
     return run_one(repo.backend, plan_insert(repo, record, only_new=True), _miss_mode(repo))
 
@@ -486,25 +602,46 @@ def get(repo: Repo[R, K], key: K, /) -> R:
     """Return the record stored under ``key``.
 
     Raises:
-        NotFound: no record under ``key`` (a ``LookupError``).
-        DecodeError: the stored bytes are not a valid record of this schema.
+        NotFound: no record under ``key`` (a ``LookupError``); also during an
+            outage with ``on_backend_error="miss"``.
+        DecodeError: the stored bytes are not a valid record of this schema, or
+            are the record of another key or namespace (copied there).
+        BackendError: the server is unreachable (``on_backend_error="raise"``).
     """
     return run_one(repo.backend, plan_get(repo, key), _miss_mode(repo))
 
 
 def get_or_none(repo: Repo[R, K], key: K, /) -> R | None:
-    """Return the record stored under ``key``, or ``None``."""
+    """Return the record stored under ``key``, or ``None``.
+
+    With ``on_backend_error="miss"`` an outage returns ``None``.
+
+    Raises:
+        DecodeError: as for :func:`get`.
+        BackendError: the server is unreachable (``on_backend_error="raise"``).
+    """
     plan = plan_get_or_none(repo, key)
     return run_one(repo.backend, plan, _miss_mode(repo))
 
 
 def get_many(repo: Repo[R, K], keys: Iterable[K], /) -> list[R | None]:
-    """Return the records in key order, ``None`` where missing, in one round trip."""
+    """Return the records in key order, ``None`` where missing, in one round trip.
+
+    With ``on_backend_error="miss"`` a key whose server is down is ``None``
+    (on a pool, keys on healthy nodes are still served).
+
+    Raises:
+        DecodeError: as for :func:`get`.
+        BackendError: a key's server is unreachable (``on_backend_error="raise"``).
+    """
     return run_one(repo.backend, plan_get_many(repo, keys), _miss_mode(repo))
 
 
 def exists(repo: Repo[R, K], key: K, /) -> bool:
-    """Return whether a record is stored under ``key``."""
+    """Return whether a record is stored under ``key``.
+
+    With ``on_backend_error="miss"`` an outage returns ``False``.
+    """
     return run_one(repo.backend, plan_exists(repo, key), _miss_mode(repo))
 
 
@@ -518,7 +655,10 @@ def update(repo: Repo[R, K], key: K, /, **changes: object) -> R:
     Raises:
         NotFound: no record under ``key`` (nothing is created).
         ValidationError: an unknown field or a value its field cannot store.
+        DecodeError: as for :func:`get`.
         ConflictError: still conflicting after ``MAX_CAS_ATTEMPTS`` attempts.
+        BackendError: the server is unreachable, in either ``on_backend_error``
+            mode: nothing was written.
     """
     return run_one(repo.backend, plan_update(repo, key, changes), _miss_mode(repo))
 
@@ -527,6 +667,9 @@ def modify(repo: Repo[R, K], key: K, fn: Callable[[R], R], /) -> R:
     """Replace the record under ``key`` by ``fn(old)`` atomically; return the new record.
 
     ``fn`` may be called more than once under contention; it must be pure.
+
+    Raises:
+        NotFound, DecodeError, ConflictError, BackendError: as for :func:`update`.
     """
     return run_one(repo.backend, plan_modify(repo, key, fn), _miss_mode(repo))
 
@@ -534,7 +677,13 @@ def modify(repo: Repo[R, K], key: K, fn: Callable[[R], R], /) -> R:
 def update_many(repo: Repo[R, K], changes: Mapping[K, Mapping[str, object]], /) -> list[R | None]:
     """Apply ``{key: {field: value}}`` atomically per record; ``None`` where missing.
 
-    All reads go in one round trip and all writes in another.
+    All reads go in one round trip and all writes in another. Every change is
+    validated before anything is read, so a bad one writes nothing.
+
+    Raises:
+        ValidationError: a bad key or change (nothing is written).
+        BackendError: a record's server is unreachable, in either
+            ``on_backend_error`` mode (records on healthy nodes are updated).
     """
     return run_one(repo.backend, plan_update_many(repo, changes), _miss_mode(repo))
 
@@ -544,17 +693,28 @@ def replace(repo: Repo[R, K], record: R, /) -> R:
 
     Raises:
         NotFound: no record with that key is stored.
+        BackendError: the server is unreachable, in either ``on_backend_error`` mode.
     """
     return run_one(repo.backend, plan_replace(repo, record), _miss_mode(repo))
 
 
 def delete(repo: Repo[R, K], key: K, /) -> bool:
-    """Delete the record under ``key``; return whether it existed."""
+    """Delete the record under ``key``; return whether it existed.
+
+    Raises:
+        BackendError: the server is unreachable, in either ``on_backend_error``
+            mode: a delete is never skipped silently, as the old value would be
+            served again once the server answers.
+    """
     return run_one(repo.backend, plan_delete(repo, key), _miss_mode(repo))
 
 
 def delete_many(repo: Repo[R, K], keys: Iterable[K], /) -> int:
-    """Delete several records in one round trip; return how many existed."""
+    """Delete several records in one round trip; return how many existed.
+
+    Raises:
+        BackendError: as for :func:`delete` (keys on healthy nodes are deleted).
+    """
     return run_one(repo.backend, plan_delete_many(repo, keys), _miss_mode(repo))
 
 
@@ -574,11 +734,21 @@ def get_or_load(
     ``add``, and only the owner releases it. Others poll for the stored result
     for up to ``wait`` seconds, then load it themselves. An exception from
     ``loader`` reaches its caller and releases the lock. A payload that cannot
-    be decoded counts as a miss and is overwritten.
+    be decoded (or holds another key's record) counts as a miss and is
+    overwritten.
+
+    With ``on_backend_error="miss"``, when the server is down the loader is
+    called and its record returned without being stored; when only the lock
+    cannot be taken, the record is loaded without the lock.
 
     Args:
-        lock_ttl: seconds after which a crashed owner's lock expires.
-        wait: seconds a caller waits for another caller's load.
+        lock_ttl: seconds after which a crashed owner's lock expires (``>= 1``).
+        wait: seconds a caller waits for another caller's load (``>= 0``).
+
+    Raises:
+        ValidationError: the loader returned the record of another key (nothing
+            is stored), or an illegal ``lock_ttl``/``wait``.
+        BackendError: the server is unreachable (``on_backend_error="raise"``).
     """
     plan = plan_get_or_load(repo, key, loader, lock_ttl, wait)
     return run_one(repo.backend, plan, _miss_mode(repo))

@@ -70,5 +70,12 @@ class ConflictError(CacheORMError):
 class BackendError(CacheORMError):
     """Raised when the cache server is unreachable, times out or fails.
 
-    Chained to the client library's own exception.
+    Chained to the client library's own exception. :attr:`server` names the
+    server that failed (``"host:port"``) where the backend knows it.
     """
+
+    server: str | None
+
+    def __init__(self, message: str, *, server: str | None = None) -> None:
+        super().__init__(message)
+        self.server = server

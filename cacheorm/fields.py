@@ -7,9 +7,13 @@ a tuple of bound methods once and call them on the hot path without lookups:
   it (``int`` -> ``float`` for a float field, Decimal rounding, ...). It raises
   :class:`cacheorm.ValidationError`; its result is the value "as stored".
 * :meth:`Field.dump` turns a prepared value into a :data:`Primitive`.
-* :meth:`Field.load` turns a primitive back into the value. It raises
-  ``TypeError`` / ``ValueError`` for data it cannot accept; the schema wraps
-  them in :class:`cacheorm.DecodeError` naming the schema, key and field.
+* :meth:`Field.load` turns a primitive back into the value. It enforces the
+  rules :meth:`Field.prepare` enforces, by calling the same checks (a stored
+  ``inf``, an integer past 64 bits or ``Decimal("NaN")`` is refused on read,
+  not served and then refused by every update). It raises ``TypeError`` /
+  ``ValueError`` for data it cannot accept (:class:`FieldLoadError` when the
+  culprit is deeper inside the value); the schema wraps them in
+  :class:`cacheorm.DecodeError` naming the schema, key and field.
 
 Fields know nothing of JSON, msgpack or Redis: ``load(dump(prepare(v)))`` is
 the same value under every serializer. Fields are frozen dataclasses, so they
@@ -43,6 +47,7 @@ __all__ = [
     "DictField",
     "EnumField",
     "Field",
+    "FieldLoadError",
     "FieldValidationError",
     "FloatField",
     "IntegerField",
@@ -68,6 +73,22 @@ _INT_MAX = 2**63 - 1
 
 def _tname(value: object) -> str:
     return type(value).__name__
+
+
+def _check_int64(value: int) -> int:
+    """The signed 64-bit rule of every integer a field stores."""
+    if _INT_MIN <= value <= _INT_MAX:
+        return value
+    # A huge int cannot even be printed (int max str digits): give its size.
+    shown = value if value.bit_length() <= 128 else f"of {value.bit_length()} bits"
+    raise ValidationError(f"integer {shown} is outside the signed 64-bit range")
+
+
+def _check_finite(value: float) -> float:
+    """The rule of every float a field stores: JSON cannot carry NaN or infinity."""
+    if math.isfinite(value):
+        return value
+    raise ValidationError(f"{value} is not finite; NaN and infinity cannot be stored")
 
 
 def _check_text(value: str) -> str:
@@ -112,9 +133,13 @@ class Field(Generic[T_co]):
     def load(self, data: Primitive) -> T_co:
         """Turn primitives produced by :meth:`dump` back into the value.
 
+        Refuses what :meth:`prepare` refuses, by calling the same checks: a
+        value read back can always be written again unchanged.
+
         Raises:
             TypeError: ``data`` has the wrong primitive type.
-            ValueError: ``data`` has the right type but an invalid value.
+            ValueError: ``data`` has the right type but a value a write would
+                refuse (:class:`FieldLoadError` names where inside it).
         """
         raise NotImplementedError
 
@@ -137,7 +162,7 @@ class StringField(Field[str]):
 
     def load(self, data: Primitive) -> str:
         if type(data) is str:
-            return data
+            return _check_text(data)
         raise TypeError(f"expected str, got {_tname(data)}")
 
 
@@ -151,9 +176,7 @@ class IntegerField(Field[int]):
 
     def prepare(self, value: object) -> int:
         if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
-            if _INT_MIN <= value <= _INT_MAX:
-                return int(value)
-            raise ValidationError(f"integer {value} is outside the signed 64-bit range")
+            return _check_int64(int(value))
         raise ValidationError(f"expected int, got {_tname(value)}")
 
     def dump(self, value: object) -> Primitive:
@@ -161,7 +184,7 @@ class IntegerField(Field[int]):
 
     def load(self, data: Primitive) -> int:
         if type(data) is int:
-            return data
+            return _check_int64(data)
         raise TypeError(f"expected int, got {_tname(data)}")
 
 
@@ -186,14 +209,10 @@ class FloatField(Field[float]):
         return True
 
     def prepare(self, value: object) -> float:
-        if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)):
-            try:
-                result = float(value)
-            except OverflowError as err:
-                raise ValidationError(f"{value} is too large for a float") from err
-            if math.isfinite(result):
-                return result
-            raise ValidationError(f"{value} is not finite; NaN and infinity cannot be stored")
+        if isinstance(value, float):
+            return _check_finite(float(value))
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _int_to_float(value)
         raise ValidationError(f"expected float, got {_tname(value)}")
 
     def dump(self, value: object) -> Primitive:
@@ -201,10 +220,19 @@ class FloatField(Field[float]):
 
     def load(self, data: Primitive) -> float:
         if type(data) is float:
-            return data
+            return _check_finite(data)
         if type(data) is int:
-            return float(data)
+            return _int_to_float(data)
         raise TypeError(f"expected float, got {_tname(data)}")
+
+
+def _int_to_float(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError as err:
+        raise ValidationError(
+            f"an integer of {value.bit_length()} bits is too large for a float"
+        ) from err
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,11 +315,15 @@ class DecimalField(Field[Decimal]):
         else:
             hint = " (floats are inexact: pass Decimal(str(x)))" if isinstance(value, float) else ""
             raise ValidationError(f"expected Decimal, got {_tname(value)}{hint}")
-        if not result.is_finite():
+        return self._check(result)
+
+    def _check(self, value: Decimal) -> Decimal:
+        """The rules of a stored decimal: finite, and rounded to ``decimal_places``."""
+        if not value.is_finite():
             raise ValidationError(f"{value} is not finite; NaN and infinity cannot be stored")
         quantum = self._quantum
         if quantum is not None:
-            exponent = result.as_tuple().exponent
+            exponent = value.as_tuple().exponent
             assert isinstance(exponent, int)  # finite decimals have int exponents
             if -exponent > cast("int", self.decimal_places):
                 if not self.auto_round:
@@ -300,10 +332,10 @@ class DecimalField(Field[Decimal]):
                         "round it or use DecimalField(auto_round=True)"
                     )
                 try:
-                    result = result.quantize(quantum, rounding=ROUND_HALF_EVEN)
+                    return value.quantize(quantum, rounding=ROUND_HALF_EVEN)
                 except InvalidOperation as err:
                     raise ValidationError(f"{value} cannot be rounded: too many digits") from err
-        return result
+        return value
 
     def dump(self, value: object) -> Primitive:
         return str(value)
@@ -312,9 +344,10 @@ class DecimalField(Field[Decimal]):
         if type(data) is not str:
             raise TypeError(f"expected a decimal string, got {_tname(data)}")
         try:
-            return Decimal(data)
+            value = Decimal(data)
         except InvalidOperation as err:
             raise ValueError(f"{data!r} is not a decimal") from err
+        return self._check(value)
 
 
 def _check_offset(offset: dt.timedelta | None) -> None:
@@ -348,7 +381,7 @@ class DateTimeField(Field[dt.datetime]):
     def load(self, data: Primitive) -> dt.datetime:
         if type(data) is not str:
             raise TypeError(f"expected an ISO datetime string, got {_tname(data)}")
-        return dt.datetime.fromisoformat(data)
+        return self.prepare(dt.datetime.fromisoformat(data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +419,7 @@ class TimeField(Field[dt.time]):
     def load(self, data: Primitive) -> dt.time:
         if type(data) is not str:
             raise TypeError(f"expected an ISO time string, got {_tname(data)}")
-        return dt.time.fromisoformat(data)
+        return self.prepare(dt.time.fromisoformat(data))
 
 
 _EPOCH_NAIVE = dt.datetime(1970, 1, 1)
@@ -445,7 +478,10 @@ class TimestampField(Field[dt.datetime]):
     def load(self, data: Primitive) -> dt.datetime:
         if type(data) is not int:
             raise TypeError(f"expected an integer timestamp, got {_tname(data)}")
-        naive = _EPOCH_NAIVE + dt.timedelta(microseconds=data * self._step)
+        try:
+            naive = _EPOCH_NAIVE + dt.timedelta(microseconds=data * self._step)
+        except OverflowError as err:
+            raise ValueError(f"timestamp {data} is outside the datetime range") from err
         return naive.replace(tzinfo=dt.UTC) if self.utc else naive
 
 
@@ -544,6 +580,36 @@ def _prefix_error(err: ValidationError, step: str) -> FieldValidationError:
     return FieldValidationError((step,), str(err))
 
 
+class FieldLoadError(ValueError):
+    """A stored value cannot become the field's value; :attr:`path` says where.
+
+    Raised by :meth:`Field.load` of containers and nested records, so the
+    :class:`cacheorm.DecodeError` a read raises names the culprit
+    (``Note.tags[2]``), not only the field.
+
+    Attributes:
+        path: field names and ``[index]`` steps from the field to the value.
+        reason: what is wrong with the value.
+    """
+
+    def __init__(self, path: tuple[str, ...], reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{self.where}: {reason}" if path else reason)
+
+    @property
+    def where(self) -> str:
+        """The path as written in code (``tags[2].label``), or ``"payload"``."""
+        return _format_path(self.path) if self.path else "payload"
+
+    @classmethod
+    def at(cls, step: str, err: Exception) -> FieldLoadError:
+        """``err``, raised by the value at ``step``, as seen from one level up."""
+        if isinstance(err, FieldLoadError):
+            return cls((step, *err.path), err.reason)
+        return cls((step,), str(err) or type(err).__name__)
+
+
 @dataclass(frozen=True, slots=True)
 class ListField(Field[list[S]]):
     """A list of values of ``item``; a ``tuple`` is accepted and stored as a list.
@@ -576,7 +642,16 @@ class ListField(Field[list[S]]):
         if type(data) is not list:
             raise TypeError(f"expected list, got {_tname(data)}")
         load = self.item.load
-        return [load(element) for element in data]
+        try:
+            return [load(element) for element in data]
+        except Exception:
+            # Rare path: find the element to name it.
+            for index, element in enumerate(data):
+                try:
+                    load(element)
+                except Exception as err:
+                    raise FieldLoadError.at(f"[{index}]", err) from err
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,7 +685,17 @@ class DictField(Field[dict[str, S]]):
         if type(data) is not dict:
             raise TypeError(f"expected dict, got {_tname(data)}")
         load = self.value.load
-        return {key: load(element) for key, element in data.items()}
+        try:
+            return {_check_text(key): load(element) for key, element in data.items()}
+        except Exception:
+            # Rare path: find the entry to name it.
+            for key, element in data.items():
+                try:
+                    _check_text(key)
+                    load(element)
+                except Exception as err:
+                    raise FieldLoadError.at(f"[{key!r}]", err) from err
+            raise
 
 
 def _check_json(value: object, depth: int = 0) -> Primitive:
@@ -622,13 +707,9 @@ def _check_json(value: object, depth: int = 0) -> Primitive:
     if type(value) is str:
         return _check_text(value)
     if type(value) is int:
-        if not _INT_MIN <= value <= _INT_MAX:
-            raise ValidationError(f"integer {value} is outside the signed 64-bit range")
-        return value
+        return _check_int64(value)
     if type(value) is float:
-        if not math.isfinite(value):
-            raise ValidationError("NaN and infinity cannot be stored")
-        return value
+        return _check_finite(value)
     if isinstance(value, list | tuple):
         return [_check_json(element, depth + 1) for element in value]
     if isinstance(value, dict):
@@ -645,7 +726,8 @@ def _check_json(value: object, depth: int = 0) -> Primitive:
 class JSONField(Field[Primitive]):
     """Any JSON value: None, bool, int, float, str, lists and str-keyed dicts.
 
-    Tuples are stored as lists; NaN, infinity and bytes are rejected.
+    Tuples are stored as lists; NaN, infinity, integers outside 64 bits and
+    bytes are rejected, on write and on read.
     """
 
     def prepare(self, value: object) -> Primitive:
@@ -655,7 +737,7 @@ class JSONField(Field[Primitive]):
         return cast("Primitive", value)
 
     def load(self, data: Primitive) -> Primitive:
-        return data
+        return _check_json(data)
 
 
 @dataclass(frozen=True, slots=True, init=False)

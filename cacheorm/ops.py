@@ -13,7 +13,11 @@ writes over several repos costs one round trip per backend and phase::
 
 Errors are per op: with ``raise_on_error=True`` (the default) every op still
 runs, then the first failure is raised; with ``raise_on_error=False`` a failed
-op's slot holds its exception instead of a result.
+op's slot holds its exception instead of a result. Each op follows its own
+repo's ``on_backend_error``, even when its commands share a call with other
+repos' ops, and the results equal running the ops one after another (an
+``AutoField`` insert runs before later ops on its backend, so they see the
+key it drew).
 """
 
 from __future__ import annotations
@@ -78,8 +82,15 @@ class Op(Generic[T_co]):
     @property
     def multi_phase(self) -> bool:
         """Whether the op may need several round trips (see :class:`cacheorm.engine.Job`)."""
-        if self.name in _MULTI_PHASE:
-            return True
+        return self.name in _MULTI_PHASE or self.barrier
+
+    @property
+    def barrier(self) -> bool:
+        """Whether the op writes keys it cannot name in advance (an ``AutoField`` insert).
+
+        :func:`execute` runs it alone in order on its backend (see
+        :attr:`cacheorm.engine.Job.barrier`), so later ops see the key it drew.
+        """
         return self.name in _INSERTS and self.repo.schema.auto_key
 
     def plan(self) -> Plan[T_co]:
@@ -283,7 +294,13 @@ def execute(
         [Person(name='Sam', height=1.8), True]
     """
     jobs = [
-        Job(op.repo.backend, op.plan(), op.repo.on_backend_error == "miss", op.multi_phase)
+        Job(
+            op.repo.backend,
+            op.plan(),
+            miss_on_error=op.repo.on_backend_error == "miss",
+            multi_phase=op.multi_phase,
+            barrier=op.barrier,
+        )
         for op in ops
     ]
     results = run_many(jobs)

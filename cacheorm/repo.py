@@ -10,19 +10,19 @@ import dataclasses
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Generic, Literal, TypeAlias, TypeVar, get_args
+from typing import TYPE_CHECKING, Final, Generic, Literal, TypeAlias, TypeVar, get_args
 
 from typing_extensions import TypeVar as TypeVarWithDefault
 
 from cacheorm.backends.base import Backend, resolve_ttl
 from cacheorm.errors import ValidationError
-from cacheorm.serializers.base import Serializer
+from cacheorm.serializers.base import KeyedSerializer, Payload, Serializer
 from cacheorm.serializers.registry import resolve as resolve_serializer
 
 if TYPE_CHECKING:
     from cacheorm.schema import Schema
 
-__all__ = ["EVENTS", "Event", "Hook", "OnBackendError", "Repo", "on"]
+__all__ = ["EVENTS", "NAMESPACE_FIELD", "Event", "Hook", "OnBackendError", "Repo", "on"]
 
 R = TypeVar("R")
 K = TypeVarWithDefault("K", default=Hashable)
@@ -41,6 +41,14 @@ Hook: TypeAlias = Callable[["Repo[R, K]", object], object]
 """``handler(repo, record_or_key)``; a ``before_*`` hook may return a replacement or veto."""
 
 OnBackendError: TypeAlias = Literal["raise", "miss"]
+
+NAMESPACE_FIELD: Final = "\x00ns"
+"""The payload entry naming the namespace a record was written under.
+
+No record field has this name (NamedTuple and dataclass fields are
+identifiers; a TypedDict field of that name turns the mark off), so it cannot
+meet a field; :meth:`Schema.load` ignores it as it ignores any extra field.
+"""
 
 
 def _default_backend() -> Backend:
@@ -61,10 +69,25 @@ class Repo(Generic[R, K]):
         ttl: seconds a written record lives; ``None`` = the backend's default,
             ``0`` = never expires.
         namespace: prefix for every key, so two applications can share a server.
+            Payloads also carry it where the serializer allows (see
+            :attr:`marks_namespace`), so one copied between namespaces fails to decode.
         hooks: ``(event, handler)`` pairs; add them with :func:`on`.
         on_backend_error: ``"raise"`` (default) raises :class:`BackendError` when the
-            server is unreachable; ``"miss"`` treats an outage as a cache miss: reads
-            miss, writes are skipped, and each outage is logged once and counted.
+            server is unreachable. ``"miss"`` lets *reads* degrade during an outage:
+            ``get_or_none``, ``get_many`` and ``exists`` miss (``None``/``False``),
+            ``get`` raises :class:`NotFound`, and ``get_or_load`` calls its loader
+            and returns that record without storing it (when only its lock cannot
+            be taken, it loads without the lock). Every *write or delete* that did
+            not happen still raises :class:`BackendError`, as in ``"raise"`` mode
+            (``insert``, ``add``, ``replace``, ``update``, ``modify``, ``delete``
+            and their ``_many`` forms): a write is never reported as stored when
+            it was not, and a delete is never silently skipped (which would let
+            the old value be served once the server is back). On a pool with one
+            node down, keys on the healthy nodes keep working in both modes.
+            In :func:`cacheorm.execute`, each op follows its own repo's setting.
+            Each server's outage is logged
+            once when it starts and once when it ends (see
+            :class:`cacheorm.engine.Outage`).
         refresh_ttl_on_update: ``False`` (default) keeps a record's remaining
             lifetime on ``update``/``modify``; ``True`` restarts it with ``ttl``.
 
@@ -163,6 +186,40 @@ class Repo(Generic[R, K]):
     def handlers(self) -> dict[Event, tuple[Hook[R, K], ...]]:
         """Hooks by event, in the order they were added."""
         return {ev: tuple(h for e, h in self.hooks if e == ev) for ev in EVENTS}
+
+    @cached_property
+    def keyed_serializer(self) -> KeyedSerializer | None:
+        """The serializer when it takes the storage key with each payload, else ``None``.
+
+        Decided once per repo. ``signed(...)`` binds the key (namespace
+        included) into its MAC, so a payload copied under another key or
+        namespace fails to verify before its contents are looked at;
+        ``compressed(...)`` passes the key on to what it wraps.
+        """
+        serializer = self.serializer
+        return serializer if isinstance(serializer, KeyedSerializer) else None
+
+    @cached_property
+    def marks_namespace(self) -> bool:
+        """Whether payloads carry the repo's namespace in :data:`NAMESPACE_FIELD`.
+
+        A payload written under one namespace then fails to decode under another
+        (a read checks the mark: exactly this namespace, or none under ``""``).
+        ``False`` when the serializer cannot carry an extra field:
+        :class:`~cacheorm.ProtobufSerializer` refuses fields its message lacks,
+        and so does any serializer whose round trip loses the field. Such
+        payloads rely on the read's check that the record's key is the key
+        asked for, which a copy under the same key in another namespace
+        passes; ``signed(...)`` binds the whole storage key (namespace
+        included) into its MAC whatever the inner serializer.
+        """
+        if NAMESPACE_FIELD in self.schema.field_names:
+            return False
+        probe: Payload = {NAMESPACE_FIELD: "probe"}
+        try:
+            return self.serializer.loads(self.serializer.dumps(probe)) == probe
+        except Exception:  # a serializer may refuse the field with anything: then no mark
+            return False
 
     def __repr__(self) -> str:
         return (

@@ -48,6 +48,7 @@ from cacheorm.fields import (
     DictField,
     EnumField,
     Field,
+    FieldLoadError,
     FieldValidationError,
     FloatField,
     IntegerField,
@@ -107,18 +108,6 @@ def _kind_of(tp: object) -> _Kind | None:
         if dataclasses.is_dataclass(tp):
             return _Kind.DATACLASS
     return None
-
-
-class _LoadError(ValueError):
-    """Internal: a payload cannot become the record; ``path`` says where."""
-
-    def __init__(self, path: tuple[str, ...], reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(reason)
-
-    def where(self) -> str:
-        return ".".join(self.path) if self.path else "payload"
 
 
 Default = Callable[[], object]
@@ -366,9 +355,9 @@ class _RecordCodec:
     # -- read side ----------------------------------------------------------
 
     def load(self, data: Primitive) -> object:
-        """Primitives -> record; raises :class:`_LoadError` naming the field."""
+        """Primitives -> record; raises :class:`FieldLoadError` naming the field."""
         if type(data) is not dict:
-            raise _LoadError((), f"expected a dict of fields, got {type(data).__name__}")
+            raise FieldLoadError((), f"expected a dict of fields, got {type(data).__name__}")
         try:
             values: list[object] = [load(data[name]) for name, load in self.to_load]
         except Exception:
@@ -378,7 +367,7 @@ class _RecordCodec:
         try:
             return self.build(values)
         except Exception as err:
-            raise _LoadError((), f"{self.record_type.__name__}(...) rejected: {err}") from err
+            raise FieldLoadError((), f"{self.record_type.__name__}(...) rejected: {err}") from err
 
     def _load_slow(self, data: dict[str, Primitive]) -> list[object]:
         values: list[object] = []
@@ -389,23 +378,20 @@ class _RecordCodec:
                 try:
                     values.append(load(raw))
                     continue
-                except _LoadError as err:
-                    if raw is not None or default is None:
-                        raise _LoadError((name, *err.path), err.reason) from err
                 except Exception as err:
                     if raw is not None or default is None:
-                        raise _LoadError((name,), str(err) or type(err).__name__) from err
+                        raise FieldLoadError.at(name, err) from err
                 # A null the field cannot hold (it was nullable in an older
                 # record type): take the default below.
             if default is not None:
                 try:
                     values.append(rule.prepare(default()))
                 except ValidationError as err:
-                    raise _LoadError((name,), f"default cannot be stored: {err}") from err
+                    raise FieldLoadError((name,), f"default cannot be stored: {err}") from err
             elif name not in self.required:
                 values.append(_MISSING)
             else:
-                raise _LoadError(
+                raise FieldLoadError(
                     (name,),
                     "required field is missing or null; give it a default in "
                     "Schema(defaults=...) or in the record type to read older payloads",
@@ -716,25 +702,82 @@ class Schema(Generic[R, K]):
         """
         try:
             return cast("R", self._codec.load(payload))
-        except _LoadError as err:
+        except FieldLoadError as err:
             raise DecodeError(
-                f"cannot load {self.name} (key {key!r}): {err.where()}: {err.reason}"
+                f"cannot load {self.name} (key {key!r}): {err.where}: {err.reason}"
             ) from err
+
+    def check_changes(self, changes: Mapping[str, object]) -> None:
+        """Refuse ``changes`` that :meth:`evolve` would refuse whatever the record.
+
+        Call it before touching any record, e.g. to validate every change of a
+        batch before the first write. :meth:`evolve` calls it too, so the two
+        cannot disagree. ``changes`` is refused when it:
+
+        * names a field the record type does not have;
+        * names a key field, whatever the value (even the current one);
+        * gives ``None`` to a field that cannot hold it (not ``T | None``,
+          not a :class:`JSONField`, ...) unless a schema default fills it
+          (``Schema(defaults=...)``; a record type's own default does not,
+          as on insert). A callable default is not called here;
+        * gives any other value its field's ``prepare`` or ``dump`` refuses
+          (wrong type, out of range, not finite, a failing ``StructField``).
+
+        What it cannot see, :meth:`evolve` still refuses with the record in
+        hand: a frozen dataclass whose ``__post_init__`` rejects the merged
+        values, or a callable default returning a value its field refuses.
+
+        >>> from typing import NamedTuple
+        >>> class Point(NamedTuple):
+        ...     name: str
+        ...     x: int
+        >>> Schema(Point, key="name").check_changes({"x": None})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cacheorm.errors.ValidationError: Point.x cannot be None: ... Schema(defaults=...)
+
+        Raises:
+            ValidationError: naming the schema and the field; a value's error is
+                a :class:`~cacheorm.fields.FieldValidationError` with its path.
+        """
+        codec = self._codec
+        unknown = sorted(set(changes) - codec.name_set, key=repr)
+        if unknown:
+            raise ValidationError(
+                f"{self.name} has no field(s) {', '.join(map(repr, unknown))}; "
+                f"its fields are {', '.join(self.field_names)}: use one of those"
+            )
+        for name, value in changes.items():
+            if name in self.key_fields:
+                raise ValidationError(
+                    f"{self.name}.{name} is part of the key and cannot be changed; "
+                    "insert a record under the new key and delete the old one"
+                )
+            if value is None and name in codec.fills_none:
+                continue  # as on insert, the schema default replaces None
+            rule = codec.fields[name]
+            try:
+                rule.dump(rule.prepare(value))
+            except ValidationError as err:
+                if value is None:
+                    raise ValidationError(
+                        f"{self.name}.{name} cannot be None: the field is not nullable and "
+                        "has no schema default; pass a value, declare the field T | None, "
+                        "or give it a default in Schema(defaults=...)"
+                    ) from err
+                located = _prefixed(err, name)
+                raise FieldValidationError((self.name, *located.path), located.reason) from err
 
     def evolve(self, record: R, changes: Mapping[str, object]) -> R:
         """A prepared copy of ``record`` with ``changes`` applied.
 
         Raises:
-            ValidationError: an unknown field, a value that cannot be stored, or
-                a change to a key field (insert a new record instead).
+            ValidationError: ``record`` is not an R, or :meth:`check_changes`
+                refuses ``changes`` (an unknown or key field, a value that
+                cannot be stored), or the merged record cannot be stored.
         """
+        self.check_changes(changes)
         codec = self._codec
-        unknown = sorted(set(changes) - codec.name_set)
-        if unknown:
-            raise ValidationError(
-                f"{self.name} has no field(s) {unknown}; "
-                f"its fields are {', '.join(self.field_names)}"
-            )
         if codec.kind is _Kind.TYPEDDICT:
             if not isinstance(record, dict):
                 raise ValidationError(
@@ -748,12 +791,6 @@ class Schema(Generic[R, K]):
             raise ValidationError(
                 f"{self.name}: expected a {self.record_type.__name__}, got {type(record).__name__}"
             )
-        for key_field in self.key_fields:
-            if key_field in changes and changes[key_field] != current.get(key_field, _MISSING):
-                raise ValidationError(
-                    f"{self.name}.{key_field} is a key field and cannot be changed; "
-                    "insert a record under the new key and delete the old one"
-                )
         merged = {**current, **changes}
         if codec.kind is _Kind.TYPEDDICT:
             return self.prepare(cast("R", merged))

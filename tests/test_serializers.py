@@ -429,11 +429,19 @@ def test_signed_rejects_tampered_truncated_unsigned_and_foreign() -> None:
     assert serializer.loads(good) == {"name": "Sam", "n": 1}
 
 
-def test_signed_format_is_standard_hmac_sha256_then_payload() -> None:
+def test_signed_format_is_standard_hmac_sha256_of_key_and_payload_then_payload() -> None:
+    """Documented so another language can verify: HMAC(len(key) as 8 bytes + key + payload)."""
     inner = co.MsgpackSerializer()
-    data = co.signed(inner, SECRET).dumps({"x": 1})
+    serializer = co.signed(inner, SECRET)
     payload = inner.dumps({"x": 1})
-    assert data == hmac.digest(SECRET, payload, "sha256") + payload
+    key = b"app/Person:Sam"
+    keyed = serializer.dumps_keyed({"x": 1}, key)
+    assert (
+        keyed
+        == hmac.digest(SECRET, len(key).to_bytes(8, "big") + key + payload, "sha256") + payload
+    )
+    assert serializer.dumps({"x": 1}) == serializer.dumps_keyed({"x": 1}, b"")
+    assert serializer.dumps({"x": 1}) == hmac.digest(SECRET, bytes(8) + payload, "sha256") + payload
 
 
 @pytest.mark.timeout(30)
@@ -460,13 +468,16 @@ def test_signed_is_thread_safe() -> None:
 
 @pytest.mark.parametrize("secret", [b"", b"short", b"x" * 15])
 def test_signed_rejects_short_secrets(secret: bytes) -> None:
-    with pytest.raises(ValueError, match="at least 16 bytes"):
+    with pytest.raises(co.ValidationError, match="at least 16 bytes") as info:
         co.signed(co.MsgpackSerializer(), secret)
+    assert isinstance(info.value, ValueError)
 
 
-def test_signed_rejects_str_secret() -> None:
-    with pytest.raises(TypeError):
-        co.signed(co.MsgpackSerializer(), "x" * 32)  # type: ignore[arg-type]  # must be bytes
+@pytest.mark.parametrize("secret", ["x" * 32, bytearray(32), None])
+def test_signed_rejects_a_secret_that_is_not_bytes(secret: object) -> None:
+    """A ValidationError (so a CacheORMError and a ValueError) saying what to pass."""
+    with pytest.raises(co.ValidationError, match=r"secret must be bytes.*token_bytes"):
+        co.signed(co.MsgpackSerializer(), secret)  # type: ignore[arg-type]  # on purpose
 
 
 def test_wrappers_take_a_registered_name() -> None:
@@ -531,7 +542,9 @@ def test_compressed_refuses_decompression_bombs() -> None:
         co.compressed(co.MsgpackSerializer(), max_size=1_000_000).loads(bomb)
 
 
-@pytest.mark.parametrize("kwargs", [{"min_size": -1}, {"level": 10}, {"max_size": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"min_size": -1}, {"level": 10}, {"max_size": 0}, {"max_ratio": 0}]
+)
 def test_compressed_validates_its_options(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):  # noqa: PT011  # the message varies per option
         co.compressed(co.MsgpackSerializer(), **kwargs)

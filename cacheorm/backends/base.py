@@ -300,14 +300,21 @@ def check_delta(delta: object) -> int:
 
 
 def apply_local(store: LocalStore, command: Command) -> object:
-    """Run one command on an in-process store whose lock the caller holds."""
+    """Run one command on an in-process store whose lock the caller holds.
+
+    The commands of whole-batch phases (``get``, ``set``) are tested first:
+    ``batch`` is the engine's only path for two or more commands.
+    """
     op, key, ttl = command.op, command.key, command.ttl
+    if op == "get":
+        return store._get(key)
     if op == "cas":
         return store._cas(key, command.value, command.token, ttl)
     if isinstance(ttl, Keep):
         raise ValidationError("KEEP_TTL is only valid for cas")
-    if op == "get":
-        return store._get(key)
+    if op == "set":
+        store._set(key, command.value, resolve_ttl(ttl, store.default_ttl))
+        return True
     if op == "gets":
         return store._gets(key)
     if op == "delete":
@@ -319,9 +326,6 @@ def apply_local(store: LocalStore, command: Command) -> object:
     if op == "incr":
         return store._incr(key, check_delta(command.delta))
     seconds = resolve_ttl(ttl, store.default_ttl)
-    if op == "set":
-        store._set(key, command.value, seconds)
-        return True
     if op == "add":
         return store._add(key, command.value, seconds)
     if op == "replace":

@@ -12,9 +12,15 @@ with :func:`os.replace`, so a reader sees either the old or the new file, never
 a half-written one. Writes take an exclusive :func:`fcntl.flock` on ``.lock``
 (and a thread lock), so read-modify-write operations (``add``, ``replace``,
 ``incr``, ``cas``, ``delete_if``) are atomic across threads *and* processes.
-Reads take no lock. A truncated, garbage or foreign file (another key whose
-name hashed the same, a stray file) reads as a miss. The CAS token is the
-random ``version`` written with each new value.
+Reads take no lock. A garbage or foreign file (another key whose name hashed
+the same, a stray file) or one cut short inside its header reads as a miss.
+The CAS token is the random ``version`` written with each new value.
+
+A writer killed in the middle of a write leaves its temp file behind: temp
+files older than a minute are removed when a backend opens the directory and
+every ten minutes while it writes (bounded or not). With ``durable=True`` each
+write is flushed to disk before it returns; see :class:`FileSystemBackend` for
+what survives a power loss in each mode.
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ _HEADER: Final = struct.Struct(f">{len(_MAGIC)}sQdI")
 _LOCK_NAME: Final = ".lock"
 _TMP_PREFIX: Final = ".tmp-"
 _STALE_TMP_SECONDS: Final = 60.0
+"""A temp file this old is a dead writer's: every write holds the lock for far less."""
+_SWEEP_SECONDS: Final = 600.0
+"""How often a writing backend looks for stale temp files when nothing else scans."""
 _NAME_LENGTH: Final = 64  # hex sha256
 
 
@@ -91,6 +100,25 @@ def _new_version() -> int:
 class FileSystemBackend:
     """Store bytes as files in ``directory``, shareable by several processes.
 
+    **What survives a crash.** A process killed at any point leaves every key
+    with its old or its new value (and at most a temp file, removed later),
+    in both modes. A power loss or operating-system crash is another matter:
+
+    * ``durable=False`` (the default): a write is in the operating system's
+      page cache when it returns, and reaches the disk a little later (within
+      about 30 s on Linux). After a power loss, the writes of those last
+      seconds may be lost: a key may read as its previous value or as a miss,
+      and a deleted key may come back. Depending on the filesystem a file may
+      even come back cut short or zero-filled: a damaged header reads as a
+      miss, but a value cut short is served as is, for the serializer to
+      reject (``co.signed(...)`` detects any damage).
+    * ``durable=True``: each written file is fsynced before it replaces the
+      old one, and the directory after each call that wrote or deleted, so
+      every write or delete that returned survives a power loss (if the disk
+      honours flushes). This costs one fsync per written file and one per
+      call: milliseconds on most disks, so use it for data that must not go
+      back in time.
+
     Args:
         directory: where the files live; created if missing. Use a directory
             of its own: files cacheorm did not write are read as misses, but
@@ -103,6 +131,7 @@ class FileSystemBackend:
         clock: wall-clock time in seconds. Expiry times are absolute and
             shared with other processes, so this must be a real clock
             (``time.time``) outside tests.
+        durable: fsync every write before returning (see above).
 
     Raises:
         ValidationError: an illegal ``max_items`` or ``default_ttl``.
@@ -117,25 +146,33 @@ class FileSystemBackend:
         max_items: int | None = 10_000,
         default_ttl: int = 0,
         clock: Callable[[], float] = time.time,
+        *,
+        durable: bool = False,
     ) -> None:
         self.default_ttl = resolve_ttl(default_ttl, 0)
         self.max_items = check_max_items(max_items)
         self.directory = Path(directory)
+        self.durable = durable
         self._clock = clock
         self._thread_lock = threading.Lock()
-        self._prune_every = 1 if max_items is None else max(1, min(100, max_items // 10))
+        self._prune_every = 0 if max_items is None else max(1, min(100, max_items // 10))
         self._writes = 0
+        self._next_sweep = 0.0
+        self._unsynced = False
         self._lock_fd = -1
         self._lock_pid = -1
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise BackendError(f"cannot create cache directory {self.directory}: {err}") from err
-        with self._locked():  # fail early on an unusable directory
-            pass
+        with self._locked():  # fail early on an unusable directory; clear dead writers' files
+            self._scan(evict=False)
 
     def __repr__(self) -> str:
-        return f"FileSystemBackend({str(self.directory)!r}, max_items={self.max_items})"
+        return (
+            f"FileSystemBackend({str(self.directory)!r}, max_items={self.max_items}, "
+            f"durable={self.durable})"
+        )
 
     # -- locking and file primitives -----------------------------------------
 
@@ -159,7 +196,12 @@ class FileSystemBackend:
             try:
                 yield
             finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+                try:
+                    if self._unsynced:  # durable: one directory fsync per call, not per file
+                        self._unsynced = False
+                        self._sync_directory()
+                finally:
+                    fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _path(self, key: bytes) -> Path:
         return self.directory / _filename(key)
@@ -182,18 +224,23 @@ class FileSystemBackend:
 
     def _write(self, key: bytes, entry: _Entry) -> None:
         """Write atomically: a temp file in the same directory, then ``os.replace``."""
-        if self._writes % self._prune_every == 0:
-            self._prune()
+        evict = bool(self._prune_every) and self._writes % self._prune_every == 0
+        if evict or self._clock() >= self._next_sweep:
+            self._scan(evict)
         self._writes += 1
         tmp = self.directory / f"{_TMP_PREFIX}{os.getpid()}-{threading.get_ident()}"
         try:
             with open(tmp, "wb") as file:
                 file.write(_encode(key, entry))
+                if self.durable:  # the data on disk before the name points at it
+                    file.flush()
+                    os.fsync(file.fileno())
             os.replace(tmp, self._path(key))
         except OSError as err:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise BackendError(f"cannot write cache file for {key!r}: {err}") from err
+        self._unsynced = self.durable
 
     def _unlink(self, key: bytes) -> bool:
         try:
@@ -202,29 +249,49 @@ class FileSystemBackend:
             return False
         except OSError as err:
             raise BackendError(f"cannot delete cache file for {key!r}: {err}") from err
+        self._unsynced = self.durable
         return True
 
-    def _prune(self) -> None:
-        """Keep room for the next ``_prune_every`` writes under ``max_items``.
+    def _sync_directory(self) -> None:
+        """fsync the directory, so that renames and deletes survive a power loss."""
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise BackendError(f"cannot sync cache directory {self.directory}: {err}") from err
 
-        Removes the least recently written value files, and temp files left by
-        a crashed writer. Runs under the lock, every ``_prune_every`` writes.
+    def _scan(self, evict: bool) -> None:
+        """Remove dead writers' temp files; with ``evict``, make room under ``max_items``.
+
+        Eviction keeps room for the next ``_prune_every`` writes by removing the
+        least recently written value files; it runs every ``_prune_every``
+        writes. Temp files older than ``_STALE_TMP_SECONDS`` are removed on
+        every scan, which happens at least every ``_SWEEP_SECONDS`` of writing.
+        Runs under the lock.
         """
-        if self.max_items is None:
-            return
-        now = time.time()
+        now = time.time()  # file times are real wall-clock times
+        self._next_sweep = self._clock() + _SWEEP_SECONDS
         files: list[tuple[int, str]] = []
+        stale = 0
         try:
             with os.scandir(self.directory) as entries:
                 for item in entries:
                     name = item.name
-                    if len(name) == _NAME_LENGTH and not name.startswith("."):
+                    if evict and len(name) == _NAME_LENGTH and not name.startswith("."):
                         with contextlib.suppress(FileNotFoundError):
                             files.append((item.stat().st_mtime_ns, name))
                     elif name.startswith(_TMP_PREFIX):
                         with contextlib.suppress(FileNotFoundError):
                             if now - item.stat().st_mtime > _STALE_TMP_SECONDS:
                                 os.unlink(item.path)
+                                stale += 1
+            if stale:
+                logger.debug("removed %d stale temp files from %s", stale, self.directory)
+            if self.max_items is None or not evict:
+                return
             keep = max(0, self.max_items - self._prune_every)
             if len(files) <= keep:
                 return
@@ -233,9 +300,7 @@ class FileSystemBackend:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.directory / name)
         except OSError as err:
-            raise BackendError(
-                f"cannot evict from cache directory {self.directory}: {err}"
-            ) from err
+            raise BackendError(f"cannot clean cache directory {self.directory}: {err}") from err
         logger.debug("evicted %d files from %s", len(files) - keep, self.directory)
 
     def _expiry(self, seconds: int) -> float:

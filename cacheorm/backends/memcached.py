@@ -1,7 +1,10 @@
-"""The memcached backend, on pymemcache.
+"""The memcached backend: memcached's text protocol, pipelined per server.
 
 pymemcache is imported only when a :class:`MemcachedBackend` is built, so
-``import cacheorm`` works without it. Three memcached quirks are hidden here:
+``import cacheorm`` works without it. cacheorm takes from pymemcache its
+clients' settings and sockets (addresses, timeouts, socket options, TLS, key
+prefix) and the rendezvous hashing that places keys on a pool, but speaks the
+protocol itself. Five memcached matters are handled here:
 
 * **Keys.** memcached forbids empty keys, whitespace, control characters,
   non-ASCII bytes and keys over 250 bytes. :func:`memcached_key` maps every
@@ -13,6 +16,17 @@ pymemcache is imported only when a :class:`MemcachedBackend` is built, so
 * **Counters.** ``decr`` clamps at zero and a negative number is not numeric to
   memcached, so counters fall back to a ``gets``/``cas`` loop whenever a value
   is or would become negative; a missing counter counts as ``0``, like Redis.
+* **Faults.** Every call, of one key or of a batch, sends all of a server's
+  commands at once and then reads the replies, which memcached sends back in
+  order; the servers of a pool are served at the same time. A server that is
+  down or hung therefore costs one connect or read timeout per call, whatever
+  the number of keys: once it failed, the rest of that call's commands for it
+  fail at once with the same :class:`~cacheorm.BackendError`, whose ``server``
+  names it, while the keys of the other servers are served. No command is ever
+  sent twice: a write whose connection failed after it was sent raises a
+  ``BackendError`` saying that its outcome is unknown.
+* **Processes.** A forked child never uses its parent's sockets: it opens its
+  own on first use (the parent's stay the parent's).
 """
 
 from __future__ import annotations
@@ -20,10 +34,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
+import os
 import re
+import select
+import socket
+import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Final, NamedTuple, ParamSpec, Protocol, TypeVar, cast
+import weakref
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Final, Generic, NamedTuple, NoReturn, TypeAlias, TypeVar, cast
 
 from cacheorm.backends.base import (
     INT64_MAX,
@@ -32,7 +53,6 @@ from cacheorm.backends.base import (
     CasToken,
     Command,
     Keep,
-    apply,
     check_delta,
     counter_sum,
     resolve_ttl,
@@ -47,7 +67,7 @@ from cacheorm.errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from pymemcache.client.base import Client
     from pymemcache.client.hash import HashClient
@@ -57,7 +77,7 @@ __all__ = ["MemcachedBackend", "memcached_key"]
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_P = ParamSpec("_P")
+_T_co = TypeVar("_T_co", covariant=True)
 
 MAX_KEY_LENGTH: Final = 250
 """memcached's limit on a key, in bytes."""
@@ -80,6 +100,15 @@ _CAS_RETRIES: Final = 64
 
 _EXPIRING: Final = 0.001
 """Remaining seconds reported for an item memcached still serves past its deadline."""
+
+_RECV_SIZE: Final = 256 * 1024
+_PLACEMENT_CACHE: Final = 4096
+"""How many key -> server placements a pool remembers (rendezvous hashing is slow in Python)."""
+
+_STORE_REPLIES: Final = frozenset({b"STORED", b"NOT_STORED"})
+_CAS_REPLIES: Final = frozenset({b"STORED", b"EXISTS", b"NOT_FOUND"})
+_DELETE_REPLIES: Final = frozenset({b"DELETED", b"NOT_FOUND"})
+_COUNTER_REPLIES: Final = frozenset({b"NOT_FOUND"})  # or the new value
 
 
 def memcached_key(key: bytes) -> bytes:
@@ -112,57 +141,264 @@ def memcached_key(key: bytes) -> bytes:
     return _HASH_PREFIX + base64.urlsafe_b64encode(hashlib.sha256(key).digest())
 
 
-class _McClient(Protocol):
-    """The part of pymemcache's ``Client`` and ``HashClient`` this backend calls."""
+def _server_name(server: tuple[str, int] | str) -> str:
+    """``"host:port"`` for a TCP server, the path for a UNIX socket (as HashClient names them)."""
+    return server if isinstance(server, str) else f"{server[0]}:{server[1]}"
 
-    def set(
-        self,
-        key: bytes,
-        value: object,
-        expire: int = 0,
-        noreply: bool | None = None,
-        flags: int | None = None,
-    ) -> bool | None: ...
-    def set_many(
-        self,
-        values: dict[bytes | str, object],
-        expire: int = 0,
-        noreply: bool | None = None,
-        flags: int | None = None,
-    ) -> list[bytes | str]: ...
-    def add(
-        self,
-        key: bytes,
-        value: object,
-        expire: int = 0,
-        noreply: bool | None = None,
-        flags: int | None = None,
-    ) -> bool: ...
-    def replace(
-        self,
-        key: bytes,
-        value: object,
-        expire: int = 0,
-        noreply: bool | None = None,
-        flags: int | None = None,
-    ) -> bool: ...
-    def cas(
-        self,
-        key: bytes,
-        value: object,
-        cas: bytes,
-        expire: int = 0,
-        noreply: bool | None = False,
-        flags: int | None = None,
-    ) -> bool | None: ...
-    def get(self, key: bytes) -> object: ...
-    def get_many(self, keys: list[bytes]) -> dict[bytes | str, object]: ...
-    def gets(self, key: bytes) -> tuple[object, bytes | None]: ...
-    def gets_many(self, keys: list[bytes]) -> dict[bytes | str, tuple[object, bytes]]: ...
-    def delete(self, key: bytes, noreply: bool | None = None) -> bool: ...
-    def incr(self, key: bytes, value: int, noreply: bool | None = False) -> int | None: ...
-    def decr(self, key: bytes, value: int, noreply: bool | None = False) -> int | None: ...
-    def close(self) -> None: ...
+
+def _expiry(ttl: int) -> tuple[int, int]:
+    """Return ``(exptime, flags)`` for a resolved TTL: what to send, what to remember."""
+    if ttl == 0:
+        return 0, 0
+    deadline = int(time.time()) + ttl
+    if deadline > _MAX_DEADLINE:  # beyond 2106, as memcached's 32-bit times go: never
+        return 0, 0
+    return (ttl if ttl <= _THIRTY_DAYS else deadline), deadline
+
+
+def _kept_expiry(flags: int) -> int:
+    """The exptime that keeps an item's remaining lifetime, from its flags."""
+    if flags <= _THIRTY_DAYS:  # 0 = never; small values are not ours: treat as never
+        return 0
+    remaining = flags - int(time.time())
+    # At least one second: 0 would mean "never expires".
+    return max(remaining, 1) if remaining <= _THIRTY_DAYS else flags
+
+
+# -- the protocol: requests, replies, and the steps of each command ------------------
+
+_Item: TypeAlias = tuple[bytes, int, bytes]
+"""A fetched item: its value, its flags, and its CAS unique (``b""`` from a plain ``get``)."""
+
+
+class _Fetch(NamedTuple):
+    """Read one key; consecutive fetches for one server share one ``get``/``gets`` line."""
+
+    key: bytes
+    cas: bool
+
+
+class _Line(NamedTuple):
+    """A command memcached answers with one line: a store, ``delete``, ``incr`` or ``decr``."""
+
+    verb: bytes
+    key: bytes
+    tail: bytes
+    """What follows the key: the arguments, the line end and any data block."""
+    replies: frozenset[bytes]
+    """The answers that are not errors (for counters, a number as well)."""
+
+
+_Reply: TypeAlias = "_Item | bytes | None"
+"""A request's reply: the item or ``None`` for a :class:`_Fetch`, the line for a :class:`_Line`."""
+
+_Steps: TypeAlias = Generator["_Fetch | _Line", _Reply, _T]
+"""A command as a generator: it yields requests, is sent their replies, returns its result.
+
+A reply that is an error (``SERVER_ERROR`` ...) is thrown into the generator instead.
+"""
+
+
+class _Job(NamedTuple, Generic[_T_co]):
+    """A command ready to run, with its memcached key.
+
+    A command of one request gives ``request`` and ``finish``, which makes its
+    result of the reply; any other gives ``steps``. ``final``: it never sends a
+    second request (a store may: it deletes the old value when refused as too
+    large), so later commands on its key need not wait for its reply.
+    """
+
+    key: bytes
+    final: bool
+    steps: _Steps[_T_co] | None = None
+    request: _Fetch | _Line | None = None
+    finish: Callable[[_Reply], _T_co] | None = None
+
+
+def _fetch(key: bytes, cas: bool = False) -> _Steps[_Item | None]:
+    return cast("_Item | None", (yield _Fetch(key, cas)))
+
+
+def _send(verb: bytes, key: bytes, tail: bytes, replies: frozenset[bytes]) -> _Steps[bytes]:
+    return cast("bytes", (yield _Line(verb, key, tail, replies)))
+
+
+def _storage(
+    verb: bytes, key: bytes, value: bytes, exptime: int, flags: int, unique: bytes = b""
+) -> _Line:
+    """A storage command (``cas`` when ``unique`` is given)."""
+    if unique:
+        tail = b" %d %d %d %b\r\n%b\r\n" % (flags, exptime, len(value), unique, value)
+        return _Line(verb, key, tail, _CAS_REPLIES)
+    return _Line(
+        verb, key, b" %d %d %d\r\n%b\r\n" % (flags, exptime, len(value), value), _STORE_REPLIES
+    )
+
+
+def _refused(key: bytes, error: ValueTooLarge) -> _Steps[NoReturn]:
+    """After a write refused as too large: delete the old value, then report the refusal.
+
+    The old value must not be served in place of the value that replaced it.
+    """
+    yield _Line(b"delete", key, b"\r\n", _DELETE_REPLIES)
+    raise error
+
+
+def _store(request: _Line) -> _Steps[bytes]:
+    """Send a storage command; return its reply line."""
+    try:
+        return cast("bytes", (yield request))
+    except ValueTooLarge as err:
+        return (yield from _refused(request.key, err))
+
+
+def _counter(verb: bytes, key: bytes, delta: int) -> _Steps[int | None]:
+    line = yield from _send(verb, key, b" %d\r\n" % delta, _COUNTER_REPLIES)
+    return None if line == b"NOT_FOUND" else int(line)
+
+
+def _value_of(reply: _Reply) -> bytes | None:
+    return None if reply is None else cast("_Item", reply)[0]
+
+
+def _present(reply: _Reply) -> bool:
+    return reply is not None
+
+
+def _token_of(reply: _Reply) -> tuple[bytes, CasToken] | None:
+    if reply is None:
+        return None
+    value, flags, unique = cast("_Item", reply)
+    return value, _McToken(unique, flags)
+
+
+def _lifetime_of(reply: _Reply) -> tuple[bytes, float] | None:
+    return _with_ttl(cast("_Item | None", reply), time.time())
+
+
+def _deleted(reply: _Reply) -> bool:
+    return reply == b"DELETED"
+
+
+def _stored(reply: _Reply) -> bool:
+    return reply == b"STORED"
+
+
+def _set(reply: _Reply) -> bool:
+    if reply != b"STORED":  # memcached answers a set with STORED or an error
+        raise BackendError(f"memcached did not store the value: {reply!r}")
+    return True
+
+
+def _get_job(key: bytes) -> _Job[bytes | None]:
+    return _Job(key, True, request=_Fetch(key, False), finish=_value_of)
+
+
+def _has_job(key: bytes) -> _Job[bool]:
+    return _Job(key, True, request=_Fetch(key, False), finish=_present)
+
+
+def _gets_job(key: bytes) -> _Job[tuple[bytes, CasToken] | None]:
+    return _Job(key, True, request=_Fetch(key, True), finish=_token_of)
+
+
+def _ttl_job(key: bytes) -> _Job[tuple[bytes, float] | None]:
+    return _Job(key, True, request=_Fetch(key, False), finish=_lifetime_of)
+
+
+def _delete_job(key: bytes) -> _Job[bool]:
+    return _Job(key, True, request=_Line(b"delete", key, b"\r\n", _DELETE_REPLIES), finish=_deleted)
+
+
+def _write_job(verb: bytes, key: bytes, value: bytes, expiry: tuple[int, int]) -> _Job[bool]:
+    """``set``/``add``/``replace`` with a resolved ``(exptime, flags)``: whether it stored."""
+    request = _storage(verb, key, value, *expiry)
+    return _Job(key, False, request=request, finish=_set if verb == b"set" else _stored)
+
+
+def _write_expiry(ttl: object, default: int) -> tuple[int, int]:
+    """``(exptime, flags)`` of a ``set``/``add``/``replace`` TTL.
+
+    Raises:
+        ValidationError: an illegal TTL, or ``KEEP_TTL``.
+    """
+    if isinstance(ttl, Keep):
+        raise ValidationError("KEEP_TTL is only valid for cas")
+    return _expiry(resolve_ttl(ttl, default))
+
+
+def _cas_steps(
+    key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None, default: int
+) -> _Steps[bool]:
+    if not isinstance(token, _McToken):
+        raise ValidationError("cas needs the token returned by this backend's gets")
+    if ttl is KEEP_TTL:  # re-send the absolute expiry remembered in the item's flags
+        exptime, flags = _kept_expiry(token.flags), token.flags
+    else:
+        exptime, flags = _expiry(resolve_ttl(ttl, default))
+    return (yield from _store(_storage(b"cas", key, value, exptime, flags, token.cas))) == b"STORED"
+
+
+def _delete_if_steps(key: bytes, token: CasToken) -> _Steps[bool]:
+    if not isinstance(token, _McToken):
+        raise ValidationError("delete_if needs the token returned by this backend's gets")
+    # memcached has no compare-and-delete: a cas with a negative exptime writes an
+    # already-expired item, which no later read can see.
+    return (yield _storage(b"cas", key, b"", -1, 0, token.cas)) == b"STORED"
+
+
+def _touch_steps(key: bytes, ttl: object, default: int) -> _Steps[bool]:
+    """``gets`` + ``cas`` rather than memcached ``touch``: the flags must learn the new expiry."""
+    exptime, flags = _write_expiry(ttl, default)
+    for _ in range(_CAS_RETRIES):
+        item = yield from _fetch(key, cas=True)
+        if item is None:
+            return False
+        reply = yield from _store(_storage(b"cas", key, item[0], exptime, flags, item[2]))
+        if reply != b"EXISTS":
+            return reply == b"STORED"
+    raise ConflictError(f"memcached touch of {key!r} lost {_CAS_RETRIES} races in a row")
+
+
+def _incr_steps(key: bytes, delta: object) -> _Steps[int]:
+    """Native ``incr`` where memcached can do it (non-negative value and delta), else a cas loop."""
+    delta = check_delta(delta)
+    if 0 <= delta < 2**63:
+        for _ in range(_CAS_RETRIES):
+            try:
+                result = yield from _counter(b"incr", key, delta)
+            except BackendError as err:
+                from pymemcache.exceptions import MemcacheClientError
+
+                if not isinstance(err.__cause__, MemcacheClientError):
+                    raise
+                break  # "non-numeric value": a negative counter; the cas loop handles it
+            if result is not None:
+                if result > INT64_MAX:  # memcached counts in unsigned 64 bits; we don't
+                    yield from _counter(b"decr", key, delta)
+                    counter_sum(result - delta, delta, key)  # raises ValidationError
+                return result
+            if (yield from _store(_storage(b"add", key, b"%d" % delta, 0, 0))) == b"STORED":
+                return delta
+    return (yield from _cas_add_steps(key, delta))
+
+
+def _cas_add_steps(key: bytes, delta: int) -> _Steps[int]:
+    """Add ``delta`` with a ``gets``/``cas`` loop (for values memcached cannot incr)."""
+    for _ in range(_CAS_RETRIES):
+        item = yield from _fetch(key, cas=True)
+        if item is None:
+            if (yield from _store(_storage(b"add", key, b"%d" % delta, 0, 0))) == b"STORED":
+                return delta
+            continue
+        value, flags, unique = item
+        new = counter_sum(parse_counter(value, key), delta, key)
+        reply = yield from _store(
+            _storage(b"cas", key, b"%d" % new, _kept_expiry(flags), flags, unique)
+        )
+        if reply == b"STORED":
+            return new
+    raise ConflictError(f"memcached incr of {key!r} lost {_CAS_RETRIES} races in a row")
 
 
 class _McToken(NamedTuple):
@@ -172,35 +408,8 @@ class _McToken(NamedTuple):
     flags: int
 
 
-class _FlagsSerde:
-    """pymemcache serde that passes bytes through and exposes each item's flags.
-
-    Reads return ``(value, flags)``; writes pass ``flags=`` explicitly.
-    """
-
-    def serialize(self, key: bytes, value: object, /) -> tuple[bytes, int]:
-        if not isinstance(value, bytes):
-            raise ValidationError(f"memcached values must be bytes, got {type(value).__name__}")
-        return value, 0
-
-    def deserialize(self, key: bytes, value: bytes, flags: int, /) -> object:
-        return (value, flags)
-
-
-_SERDE: Final = _FlagsSerde()
-
-
-def _value(item: object) -> bytes:
-    """The bytes of an item read through :class:`_FlagsSerde`."""
-    return cast("tuple[bytes, int]", item)[0]
-
-
-def _flags(item: object) -> int:
-    return cast("tuple[bytes, int]", item)[1]
-
-
-def _with_ttl(item: object, now: float) -> tuple[bytes, float] | None:
-    """An item read through :class:`_FlagsSerde`, with the lifetime its flags remember.
+def _with_ttl(item: _Item | None, now: float) -> tuple[bytes, float] | None:
+    """An item with the lifetime its flags remember.
 
     Flags hold the absolute deadline written by this backend (``0`` = never;
     small values were not written by us: never, as in ``_kept_expiry``). The
@@ -210,35 +419,432 @@ def _with_ttl(item: object, now: float) -> tuple[bytes, float] | None:
     """
     if item is None:
         return None
-    value, deadline = cast("tuple[bytes, int]", item)
+    value, deadline, _ = item
     if deadline <= _THIRTY_DAYS:
         return value, 0.0
     return value, max(deadline - now, _EXPIRING)
 
 
-class MemcachedBackend:
-    """Store bytes in memcached: one server, or several by consistent (rendezvous) hashing.
+# -- the transport: one pipelined exchange per server and round ---------------------
 
-    One server uses a pymemcache ``Client``, several a ``HashClient``. Every
-    call holds one lock, because neither client is thread-safe (pymemcache
-    issue #124); an uncontended lock costs well under a microsecond, next to a
-    round trip of tens of microseconds. Every write waits for the server's
-    reply (``noreply=False``), so failures are seen. A node that is down or
-    times out raises :class:`~cacheorm.BackendError`; it is never silently
-    treated as a miss (``ignore_exc=False``) nor dropped from the ring.
+
+class _Node:
+    """One memcached server: the pymemcache ``Client`` that holds its socket, and its name."""
+
+    __slots__ = ("client", "name", "owned", "prefix", "timeout")
+
+    def __init__(self, client: Client, name: str, owned: bool) -> None:
+        self.client = client
+        self.name = name
+        self.owned = owned
+        self.prefix = client.key_prefix
+        self.timeout = math.inf if client.timeout is None else client.timeout
+
+
+_NO_REQUEST: Final = _Fetch(b"", False)
+
+
+class _Task:
+    """A command in flight inside one call: its next request, and how it goes on."""
+
+    __slots__ = ("final", "finish", "key", "request", "slot", "steps")
+
+    def __init__(self, slot: int, job: _Job[object]) -> None:
+        self.slot = slot
+        self.key = job.key
+        self.final = job.final
+        self.steps = job.steps
+        self.finish = job.finish
+        self.request: _Fetch | _Line = job.request or _NO_REQUEST
+
+
+class _Desync(Exception):
+    """A reply that cannot answer the command it should: the stream is out of step."""
+
+
+def _backend_error(message: str, server: str, cause: BaseException) -> BackendError:
+    error = BackendError(message, server=server)
+    error.__cause__ = cause
+    return error
+
+
+def _reply_error(line: bytes, server: str) -> CacheORMError:
+    """The error an ``ERROR``/``CLIENT_ERROR``/``SERVER_ERROR`` reply stands for.
+
+    Raises:
+        _Desync: ``line`` is no error reply either.
+    """
+    from pymemcache.exceptions import (
+        MemcacheClientError,
+        MemcacheServerError,
+        MemcacheUnknownCommandError,
+    )
+
+    text = line.decode("ascii", "replace")
+    cause: BaseException
+    if line == b"ERROR":
+        cause = MemcacheUnknownCommandError(text)
+    elif line.startswith(b"CLIENT_ERROR "):
+        cause = MemcacheClientError(text[13:])
+    elif line.startswith(b"SERVER_ERROR "):
+        cause = MemcacheServerError(text[13:])
+        if "too large" in text or "out of memory storing" in text:
+            error = ValueTooLarge(
+                f"memcached {server}: value larger than the server's item size limit "
+                "(memcached -I, 1 MiB by default); store less or raise the limit"
+            )
+            error.__cause__ = cause
+            return error
+    else:
+        raise _Desync(line)
+    return _backend_error(f"memcached {server} refused the command: {text}", server, cause)
+
+
+class _Exchange:
+    """One server's share of a round: the commands to send, and the replies read so far.
+
+    Replies come back in the order of the commands, so the answered commands are
+    always a prefix of ``tasks``.
+    """
+
+    __slots__ = (
+        "buf",
+        "deadline",
+        "ends",
+        "error",
+        "found",
+        "group",
+        "groups",
+        "need",
+        "node",
+        "out",
+        "reason",
+        "replies",
+        "sent",
+        "tasks",
+    )
+
+    def __init__(self, node: _Node, tasks: list[_Task]) -> None:
+        self.node = node
+        self.tasks = tasks
+        self.sent = 0
+        self.buf = bytearray()
+        self.need = 0
+        self.group = 0
+        self.found: dict[bytes, _Item] = {}
+        self.replies: list[_Item | bytes | CacheORMError | None] = []
+        self.error: BackendError | None = None
+        self.reason = ""
+        self.deadline = math.inf
+        # groups: the tasks [start, stop) one command line serves, and for a
+        # fetch the keys it asked for; ends: where each task's command ends in out.
+        self.groups: list[tuple[int, int, frozenset[bytes] | None]] = []
+        self.ends: list[int] = []
+        parts: list[bytes] = []
+        prefix = node.prefix
+        size = 0
+        index, count = 0, len(tasks)
+        while index < count:
+            request = tasks[index].request
+            if isinstance(request, _Line):
+                part = request.verb + b" " + prefix + request.key + request.tail
+                stop, wanted = index + 1, None
+            else:
+                stop, cas, keys = index, False, []
+                while stop < count:
+                    fetch = tasks[stop].request
+                    if not isinstance(fetch, _Fetch):
+                        break
+                    keys.append(prefix + fetch.key)
+                    cas = cas or fetch.cas
+                    stop += 1
+                part = (b"gets " if cas else b"get ") + b" ".join(keys) + b"\r\n"
+                wanted = frozenset(keys)
+            parts.append(part)
+            size += len(part)
+            self.ends += [size] * (stop - index)
+            self.groups.append((index, stop, wanted))
+            index = stop
+        self.out = b"".join(parts)
+
+    @property
+    def done(self) -> bool:
+        return self.group == len(self.groups)
+
+    def parse(self) -> None:
+        """Take every complete reply off the buffer, in order.
+
+        Raises:
+            _Desync: a reply that does not answer the command it should.
+        """
+        buf, pos, groups = self.buf, 0, self.groups
+        self.need = 0
+        try:
+            while self.group < len(groups):
+                start, stop, wanted = groups[self.group]
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    return
+                if wanted is not None and buf.startswith(b"VALUE ", pos):
+                    head = bytes(buf[pos:eol]).split()  # VALUE <key> <flags> <bytes> [<cas>]
+                    try:
+                        key, flags, size = head[1], int(head[2]), int(head[3])
+                    except (IndexError, ValueError) as err:
+                        raise _Desync(head) from err
+                    begin = eol + 2
+                    end = begin + size
+                    if len(buf) < end + 2:
+                        self.need = end + 2 - len(buf)
+                        return
+                    if buf[end : end + 2] != b"\r\n" or key not in wanted:
+                        raise _Desync(head)
+                    self.found[key] = (
+                        bytes(buf[begin:end]),
+                        flags,
+                        head[4] if len(head) > 4 else b"",
+                    )
+                    pos = end + 2
+                    continue
+                line = bytes(buf[pos:eol])
+                pos = eol + 2
+                if wanted is None:
+                    request = cast("_Line", self.tasks[start].request)
+                    if line in request.replies or (
+                        request.replies is _COUNTER_REPLIES and line.isdigit()
+                    ):
+                        self.replies.append(line)
+                    else:
+                        self.replies.append(_reply_error(line, self.node.name))
+                elif line == b"END":
+                    found, prefix = self.found, self.node.prefix
+                    for index in range(start, stop):
+                        fetch = cast("_Fetch", self.tasks[index].request)
+                        self.replies.append(found.get(prefix + fetch.key))
+                    self.found = {}
+                else:
+                    self.replies += [_reply_error(line, self.node.name)] * (stop - start)
+                    self.found = {}
+                self.group += 1
+        finally:
+            del buf[:pos]
+
+    def fail(self, reason: str, cause: BaseException) -> None:
+        """End this exchange: the server failed; its socket is closed, never reused mid-reply."""
+        name = self.node.name
+        logger.debug("memcached %s %s: %r", name, reason, cause)
+        self.reason = reason
+        self.error = _backend_error(
+            f"memcached {name} {reason}; check that every server is up, reachable and "
+            "answering within the timeout",
+            name,
+            cause,
+        )
+        self.node.client.close()
+
+    def error_for(self, index: int) -> BackendError:
+        """The error of unanswered task ``index`` after :meth:`fail`."""
+        error = self.error
+        assert error is not None
+        request = self.tasks[index].request
+        if isinstance(request, _Fetch) or self.sent < self.ends[index]:
+            return error  # a read, or a write the server never received in full
+        return _backend_error(
+            f"memcached {self.node.name} {self.reason} after `{request.verb.decode()} "
+            f"{request.key!r}` was sent: the server may or may not have run it (outcome "
+            "unknown), and it was not sent again; read the key before retrying",
+            self.node.name,
+            error.__cause__ or error,
+        )
+
+
+_READABLE: Final = select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL
+"""poll() events after which ``recv`` does not wait: data, end of stream or an error."""
+_SMALL: Final = 16 * 1024
+"""A request this small is sent at once: the socket buffers always hold it."""
+
+
+def _converse(exchanges: list[_Exchange]) -> None:
+    """Run the exchanges: every server's commands sent and its replies read, concurrently.
+
+    A server fails when it cannot be connected, closes the connection, sends
+    what does not answer the commands, or makes no progress for its timeout;
+    the others go on. Sending and reading interleave, so a long pipeline never
+    deadlocks on full socket buffers.
+    """
+    if len(exchanges) == 1 and len(exchanges[0].out) <= _SMALL:
+        _converse_one(exchanges[0])
+        return
+    poller = select.poll()
+    live: dict[int, _Exchange] = {}
+    for exchange in exchanges:
+        sock = _connected(exchange)
+        if sock is not None:
+            fd = sock.fileno()
+            exchange.deadline = time.monotonic() + exchange.node.timeout
+            live[fd] = exchange
+            poller.register(fd, select.POLLIN | select.POLLOUT)
+    while live:
+        wait = min(exchange.deadline for exchange in live.values()) - time.monotonic()
+        events = poller.poll(None if wait == math.inf else max(wait, 0.0) * 1000.0)
+        now = time.monotonic()
+        for fd, mask in events:
+            exchange = live[fd]
+            sock = exchange.node.client.sock
+            assert sock is not None
+            try:
+                if mask & select.POLLOUT and exchange.sent < len(exchange.out):
+                    exchange.sent += sock.send(memoryview(exchange.out)[exchange.sent :])
+                    if exchange.sent == len(exchange.out):
+                        poller.modify(fd, select.POLLIN)
+                if mask & _READABLE:
+                    _receive(exchange, sock)
+            except (OSError, _Desync) as err:
+                poller.unregister(fd)
+                del live[fd]
+                exchange.fail(*_failure(err, exchange.node.timeout))
+                continue
+            if exchange.done:
+                poller.unregister(fd)
+                del live[fd]
+            else:
+                exchange.deadline = now + exchange.node.timeout
+        for fd, exchange in list(live.items()):
+            if exchange.deadline <= now:
+                poller.unregister(fd)
+                del live[fd]
+                exchange.fail(*_failure(TimeoutError("timed out"), exchange.node.timeout))
+
+
+def _converse_one(exchange: _Exchange) -> None:
+    """:func:`_converse` for one small request: blocking calls, each bounded by the timeout."""
+    sock = _connected(exchange)
+    if sock is None:
+        return
+    try:
+        try:
+            sock.sendall(exchange.out)
+        finally:
+            exchange.sent = len(exchange.out)  # if it failed, some may have left
+        while not exchange.done:
+            _receive(exchange, sock)
+    except (OSError, _Desync) as err:
+        exchange.fail(*_failure(err, exchange.node.timeout))
+
+
+def _connected(exchange: _Exchange) -> socket.socket | None:
+    """The server's socket, connected if need be; ``None`` (the exchange failed) if it cannot be."""
+    client = exchange.node.client
+    sock = client.sock
+    # (Not TLS: its session tickets can make a sound idle connection readable.)
+    if sock is not None and not isinstance(sock, ssl.SSLSocket) and _stale(sock):
+        # Closed by the server while idle (a restart, an idle timeout), or holding
+        # bytes nobody asked for: start afresh; nothing was sent on it yet.
+        logger.debug("memcached %s: reconnecting a stale connection", exchange.node.name)
+        client.close()
+    if client.sock is None:
+        try:
+            client._connect()
+        except OSError as err:
+            exchange.fail("cannot be connected", err)
+            return None
+    return client.sock
+
+
+def _stale(sock: socket.socket) -> bool:
+    """Whether an idle connection can be read from: only a closed or broken one can."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _receive(exchange: _Exchange, sock: socket.socket) -> None:
+    """Read what the server sent and parse it (waits up to the socket's timeout)."""
+    chunk = sock.recv(max(_RECV_SIZE, exchange.need))
+    if not chunk:
+        from pymemcache.exceptions import MemcacheUnexpectedCloseError
+
+        raise _Closed from MemcacheUnexpectedCloseError()
+    exchange.buf += chunk
+    # TLS may hold decrypted bytes that poll() cannot see.
+    while isinstance(sock, ssl.SSLSocket) and sock.pending():
+        exchange.buf += sock.recv(sock.pending())
+    exchange.parse()
+
+
+class _Closed(ConnectionError):
+    """The server closed the connection."""
+
+
+def _failure(err: Exception, timeout: float = math.inf) -> tuple[str, BaseException]:
+    """What to say of a server that failed with ``err``, and the cause to chain."""
+    if isinstance(err, TimeoutError):
+        return f"did not answer within {timeout:g} s", err
+    if isinstance(err, _Closed):
+        return "closed the connection", err.__cause__ or err
+    if isinstance(err, _Desync):
+        from pymemcache.exceptions import MemcacheUnknownError
+
+        return "sent a reply out of step with the commands", MemcacheUnknownError(err.args[0])
+    return "failed", err
+
+
+# -- fork safety ----------------------------------------------------------------
+
+_LIVE: Final[weakref.WeakSet[MemcachedBackend]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Another thread of the parent may have held a backend's lock at the fork: the
+    # child's copy would stay locked forever. The child runs one thread here.
+    for backend in list(_LIVE):
+        backend._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class MemcachedBackend:
+    """Store bytes in memcached: one server, or several by rendezvous hashing.
+
+    Keys are placed exactly as pymemcache's ``HashClient`` places them (the same
+    rendezvous hashing over the same server list), so data written by a plain
+    ``HashClient`` or an older cacheorm is found. Every call holds one lock, as
+    the connections are not thread-safe; an uncontended lock costs well under a
+    microsecond, next to a round trip of tens of microseconds. Every write waits
+    for the server's reply, so failures are seen.
+
+    **Faults.** A call sends each server's commands in one pipeline and reads
+    the servers' replies concurrently, so a server that does not answer costs
+    one ``timeout`` per call whatever the number of keys (hung servers time
+    out together; a server that keeps answering slowly is given ``timeout``
+    per reply chunk), and one that cannot be reached one ``connect_timeout``.
+    Its commands raise (or, in :meth:`batch`, put in their slots)
+    :class:`~cacheorm.BackendError` with ``.server`` naming it; it is never
+    treated as a miss nor dropped from the ring, and the keys of the other
+    servers are served. No command is sent twice: a write whose connection
+    failed after it was sent raises a ``BackendError`` saying that its
+    outcome is unknown, since the server may have run it. A connection the
+    server closed while idle (a restart) is replaced before it is used.
+
+    **Processes.** A backend built before ``os.fork()`` can be used in both
+    processes: the child opens its own connections on first use.
 
     Args:
         servers: ``(host, port)`` pairs (or UNIX socket paths); one or several.
-        client: an existing pymemcache ``Client`` or ``HashClient`` to use
-            instead of ``servers``. Its serde is replaced by cacheorm's (values
-            are bytes; flags carry each item's expiry), and it must not have
-            ``ignore_exc=True``.
+        client: an existing pymemcache ``Client`` or ``HashClient`` whose
+            servers, timeouts, socket options, TLS context and key prefix to
+            use instead of ``servers``. cacheorm speaks the protocol itself on
+            its connections, so the client's serde is neither used nor changed;
+            it must not have ``ignore_exc=True``. For a ``HashClient`` with
+            ``use_pooling=True``, cacheorm opens one connection per server of
+            its own, with the pool's settings.
         default_ttl: seconds used when a call passes ``ttl=None``; ``0`` = never.
         connect_timeout: seconds to wait for a TCP connection.
-        timeout: seconds to wait for each send or receive.
+        timeout: seconds to wait, without progress, for a server's replies.
 
     Raises:
-        ValidationError: an illegal ``default_ttl`` or a client with ``ignore_exc``.
+        ValidationError: an illegal ``default_ttl``, no server, or a client
+            with ``ignore_exc``.
     """
 
     default_ttl: int
@@ -252,239 +858,209 @@ class MemcachedBackend:
         connect_timeout: float = 1.0,
         timeout: float = 2.0,
     ) -> None:
-        from pymemcache.client.base import Client
+        from pymemcache.client.base import Client, PooledClient
         from pymemcache.client.hash import HashClient
-        from pymemcache.exceptions import MemcacheClientError, MemcacheError, MemcacheServerError
 
         self.default_ttl = resolve_ttl(default_ttl, 0)
-        self._errors: tuple[type[BaseException], ...] = (MemcacheError, OSError)
-        self._server_error: type[BaseException] = MemcacheServerError
-        self._client_error: type[BaseException] = MemcacheClientError
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._owns_client = client is None
         if client is None:
             if not servers:
                 raise ValidationError("MemcachedBackend needs at least one server")
             if len(servers) == 1:
                 client = Client(
-                    servers[0],
-                    serde=_SERDE,
-                    connect_timeout=connect_timeout,
-                    timeout=timeout,
-                    no_delay=True,
-                    default_noreply=False,
+                    servers[0], connect_timeout=connect_timeout, timeout=timeout, no_delay=True
                 )
             else:
                 client = HashClient(
-                    list(servers),
-                    serde=_SERDE,
-                    connect_timeout=connect_timeout,
-                    timeout=timeout,
-                    no_delay=True,
-                    default_noreply=False,
-                    ignore_exc=False,
-                    # Retry a failed node on every call and never drop it from the
-                    # ring: a down node must raise, not silently miss or remap keys.
-                    retry_attempts=2**62,
-                    retry_timeout=-1.0,
+                    list(servers), connect_timeout=connect_timeout, timeout=timeout, no_delay=True
                 )
+        elif client.ignore_exc:
+            raise ValidationError(
+                "pass a client with ignore_exc=False: cacheorm reports a down server "
+                "as BackendError instead of a silent miss"
+            )
+        if isinstance(client, HashClient):
+            if not client.clients:
+                raise ValidationError("MemcachedBackend needs at least one server")
+            self._nodes = [
+                _Node(node._create_client(), name, owned=True)
+                if isinstance(node, PooledClient)
+                else _Node(node, name, owned=self._owns_client)
+                for name, node in client.clients.items()
+            ]
+            # A fresh hasher over every server, in the order given, places keys as a
+            # new HashClient does, even if this one has since dropped a failing server.
+            hasher = type(client.hasher)()
+            for name in client.clients:
+                hasher.add_node(name)
+            get_node = hasher.get_node
         else:
-            if client.ignore_exc:
-                raise ValidationError(
-                    "pass a client with ignore_exc=False: cacheorm reports a down server "
-                    "as BackendError instead of a silent miss"
-                )
-            if isinstance(client, HashClient):
-                client.default_kwargs["serde"] = _SERDE
-                for node in client.clients.values():
-                    node.serde = _SERDE
-                client.retry_attempts, client.retry_timeout = 2**62, -1.0  # as above
-            else:
-                client.serde = _SERDE
-        self._client: _McClient = client
+            self._nodes = [_Node(client, _server_name(client.server), owned=self._owns_client)]
+            get_node = None
+        self._get_node: Callable[[bytes], str | None] | None = get_node
+        self._by_name = {node.name: node for node in self._nodes}
+        self._single = self._nodes[0] if len(self._nodes) == 1 else None
+        self._placed: dict[bytes, _Node] = {}
+        # memcached_key() stays within 250 bytes; a client's key_prefix eats into that.
+        self._room = MAX_KEY_LENGTH - max(len(node.prefix) for node in self._nodes)
+        _LIVE.add(self)
+
+    def __repr__(self) -> str:
+        return f"MemcachedBackend({[node.name for node in self._nodes]!r})"
 
     # -- plumbing -----------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """Run ``fn(*args, **kwargs)`` under the lock, translating driver errors."""
-        try:
-            with self._lock:
-                return fn(*args, **kwargs)
-        except self._errors as err:
-            raise self._translate(what, err) from err
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._forget_connections()
 
-    def _translate(self, what: str, err: BaseException) -> CacheORMError:
-        if isinstance(err, self._server_error):
-            text = str(err)
-            if "too large" in text or "out of memory storing" in text:
-                return ValueTooLarge(
-                    f"memcached {what}: value larger than the server's item size limit "
-                    "(memcached -I, 1 MiB by default); store less or raise the limit"
-                )
-        logger.debug("memcached %s failed: %r", what, err)
-        return BackendError(
-            f"memcached {what} failed: {err!r}; check that every server is up, reachable "
-            "and answering within the timeout"
-        )
+    def _forget_connections(self) -> None:
+        """Drop every socket (after a fork they are the parent's: closing ours leaves its open)."""
+        for node in self._nodes:
+            node.client.close()
+        self._pid = os.getpid()
 
-    def _too_large(self, key: bytes, err: ValueTooLarge) -> ValueTooLarge:
-        """Make sure a key whose write was refused as too large no longer serves old data."""
-        self._call("delete", self._client.delete, key, noreply=False)
-        return err
+    def _place(self, key: bytes) -> _Node:
+        """The server that holds ``key``: HashClient's rendezvous hashing, remembered."""
+        node = self._placed.get(key)
+        if node is None:
+            if len(self._placed) >= _PLACEMENT_CACHE:
+                self._placed.clear()
+            assert self._get_node is not None  # a pool: one server needs no placing
+            node = self._placed[key] = self._by_name[cast("str", self._get_node(key))]
+        return node
 
-    @staticmethod
-    def _expiry(ttl: int) -> tuple[int, int]:
-        """Return ``(exptime, flags)`` for a resolved TTL: what to send, what to remember."""
-        if ttl == 0:
-            return 0, 0
-        deadline = int(time.time()) + ttl
-        if deadline > _MAX_DEADLINE:  # beyond 2106, as memcached's 32-bit times go: never
-            return 0, 0
-        return (ttl if ttl <= _THIRTY_DAYS else deadline), deadline
+    def _execute(self, jobs: Sequence[_Job[object] | CacheORMError]) -> list[object]:
+        """Run the jobs, pipelined per server; return each result or error, in order.
 
-    @staticmethod
-    def _kept_expiry(flags: int) -> int:
-        """The exptime that keeps an item's remaining lifetime, from its flags."""
-        if flags <= _THIRTY_DAYS:  # 0 = never; small values are not ours: treat as never
-            return 0
-        remaining = flags - int(time.time())
-        # At least one second: 0 would mean "never expires".
-        return max(remaining, 1) if remaining <= _THIRTY_DAYS else flags
+        Each round sends every server the next request of each of its commands,
+        except a command whose key is held back by an earlier command on that key
+        that may still send another request (so one key's commands run in order);
+        servers are independent, so their commands may run in any relative order.
+        A server that failed fails the rest of the call's commands for it at once.
+        """
+        results: list[object] = [None] * len(jobs)
+        with self._lock:
+            if self._pid != os.getpid():
+                self._forget_connections()
+            queues: dict[_Node, list[_Task]] = {}
+            single = self._single
+            for slot, job in enumerate(jobs):
+                if isinstance(job, CacheORMError):
+                    results[slot] = job
+                    continue
+                if len(job.key) > self._room:
+                    results[slot] = ValidationError(
+                        f"memcached key {job.key!r} is too long once the client's "
+                        f"{MAX_KEY_LENGTH - self._room}-byte key_prefix is added (memcached "
+                        f"allows {MAX_KEY_LENGTH} bytes): use a shorter key or key_prefix"
+                    )
+                    continue
+                task = _Task(slot, job)
+                if job.steps is None or _advance(task, None, results, None):
+                    node = single or self._place(job.key)
+                    queue = queues.get(node)
+                    if queue is None:
+                        queues[node] = [task]
+                    else:
+                        queue.append(task)
+            failed: dict[_Node, BackendError] = {}
+            try:
+                while queues:
+                    queues = _round(queues, failed, results)
+            except BaseException:
+                # Interrupted inside an exchange (KeyboardInterrupt, a bug): replies still
+                # on their way would answer the next call's commands. Start afresh.
+                self._forget_connections()
+                raise
+        return results
 
-    def _store(
-        self, verb: str, key: bytes, value: bytes, ttl: int, cas: bytes | None = None
-    ) -> bool | None:
-        exptime, flags = self._expiry(ttl)
-        return self._store_raw(verb, key, value, exptime, flags, cas)
+    def _one(self, job: _Job[_T]) -> _T:
+        """Run one command; return its result or raise its error."""
+        result = self._execute((job,))[0]
+        if isinstance(result, CacheORMError):
+            raise result
+        return cast("_T", result)
 
-    def _store_raw(
-        self,
-        verb: str,
-        key: bytes,
-        value: bytes,
-        exptime: int,
-        flags: int,
-        cas: bytes | None = None,
-    ) -> bool | None:
-        client = self._client
-        try:
-            if verb == "set":
-                return self._call(verb, client.set, key, value, exptime, noreply=False, flags=flags)
-            if verb == "add":
-                return self._call(verb, client.add, key, value, exptime, noreply=False, flags=flags)
-            if verb == "replace":
-                return self._call(
-                    verb, client.replace, key, value, exptime, noreply=False, flags=flags
-                )
-            assert cas is not None
-            return self._call(
-                verb, client.cas, key, value, cas, exptime, noreply=False, flags=flags
-            )
-        except ValueTooLarge as err:
-            raise self._too_large(key, err) from err.__cause__
+    def _many(self, jobs: Sequence[_Job[object]]) -> list[object]:
+        """Run the jobs; raise the first error (the others' effects stand)."""
+        results = self._execute(jobs)
+        for result in results:
+            if isinstance(result, CacheORMError):
+                raise result
+        return results
 
     # -- the Backend protocol -----------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
         """Return the value, or ``None`` when the key is absent or expired."""
-        k = memcached_key(key)
-        client = self._client
-        try:
-            with self._lock:
-                item = client.get(k)
-        except self._errors as err:
-            raise self._translate("get", err) from err
-        return None if item is None else _value(item)
+        return self._one(_get_job(memcached_key(key)))
 
     def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
         """Store ``value`` unconditionally."""
-        seconds = self.default_ttl if ttl is None else resolve_ttl(ttl, 0)
-        exptime, flags = self._expiry(seconds) if seconds else (0, 0)
-        k = memcached_key(key)
-        client = self._client
-        try:
-            with self._lock:
-                client.set(k, value, exptime, noreply=False, flags=flags)
-        except self._errors as err:
-            error = self._translate("set", err)
-            if isinstance(error, ValueTooLarge):
-                raise self._too_large(k, error) from err
-            raise error from err
+        expiry = _write_expiry(ttl, self.default_ttl)
+        self._one(_write_job(b"set", memcached_key(key), value, expiry))
 
     def add(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
         """Store only if absent (memcached ``add`` is atomic). Return whether it was stored."""
-        ttl = resolve_ttl(ttl, self.default_ttl)
-        return bool(self._store("add", memcached_key(key), value, ttl))
+        expiry = _write_expiry(ttl, self.default_ttl)
+        return self._one(_write_job(b"add", memcached_key(key), value, expiry))
 
     def replace(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
         """Store only if present. Return whether it was stored."""
-        ttl = resolve_ttl(ttl, self.default_ttl)
-        return bool(self._store("replace", memcached_key(key), value, ttl))
+        expiry = _write_expiry(ttl, self.default_ttl)
+        return self._one(_write_job(b"replace", memcached_key(key), value, expiry))
 
     def delete(self, key: bytes) -> bool:
         """Remove the key. Return whether it existed."""
-        k = memcached_key(key)
-        return self._call("delete", self._client.delete, k, noreply=False)
+        return self._one(_delete_job(memcached_key(key)))
 
     def has(self, key: bytes) -> bool:
         """Return whether the key is present (memcached has no EXISTS: this reads the value)."""
-        return self.get(key) is not None
+        return self._one(_has_job(memcached_key(key)))
 
     def get_many(self, *keys: bytes) -> list[bytes | None]:
-        """Return the values in key order with one ``get`` per server."""
-        if not keys:
-            return []
-        encoded = [memcached_key(key) for key in keys]
-        found = self._call("get_many", self._client.get_many, encoded)
-        return [None if (item := found.get(k)) is None else _value(item) for k in encoded]
+        """Return the values in key order with one ``get`` per server.
+
+        Raises:
+            BackendError: a server holding one of the keys failed (the first
+                such error; :meth:`batch` reports each key on its own).
+        """
+        jobs = [_get_job(memcached_key(key)) for key in keys]
+        return cast("list[bytes | None]", self._many(jobs))
 
     def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
         """Return the value and its remaining seconds (``0.0`` = never), from its flags."""
-        item = self._call("get", self._client.get, memcached_key(key))
-        return _with_ttl(item, time.time())
+        return self._one(_ttl_job(memcached_key(key)))
 
     def get_many_with_ttl(self, *keys: bytes) -> list[tuple[bytes, float] | None]:
         """:meth:`get_with_ttl` for each key, in key order, with one ``get`` per server."""
-        if not keys:
-            return []
-        encoded = [memcached_key(key) for key in keys]
-        found = self._call("get_many", self._client.get_many, encoded)
-        now = time.time()
-        return [_with_ttl(found.get(k), now) for k in encoded]
+        jobs = [_ttl_job(memcached_key(key)) for key in keys]
+        return cast("list[tuple[bytes, float] | None]", self._many(jobs))
 
     def set_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> None:
-        """Store every pair with one pipelined ``set`` per server."""
-        exptime, flags = self._expiry(resolve_ttl(ttl, self.default_ttl))
-        if not mapping:
-            return
-        encoded: dict[bytes | str, object] = {memcached_key(k): v for k, v in mapping.items()}
-        try:
-            failed = self._call(
-                "set_many",
-                self._client.set_many,
-                encoded,
-                exptime,
-                noreply=False,
-                flags=flags,
-            )
-        except ValueTooLarge as err:
-            for key in mapping:  # we cannot tell which one; none may serve stale data
-                self._call("delete", self._client.delete, memcached_key(key), noreply=False)
-            raise err from err.__cause__
-        if failed:
-            raise BackendError(f"memcached set_many did not store {len(failed)} key(s)")
+        """Store every pair with one pipeline per server.
+
+        Raises:
+            ValueTooLarge: a value over the server's item limit (that key no
+                longer serves its old value; the other pairs are stored).
+            BackendError: a server failed (pairs on the others are stored).
+        """
+        expiry = _write_expiry(ttl, self.default_ttl)
+        self._many([_write_job(b"set", memcached_key(k), v, expiry) for k, v in mapping.items()])
 
     def replace_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> list[bool]:
         """Replace each present key; return, in mapping order, whether each was stored."""
-        ttl = resolve_ttl(ttl, self.default_ttl)
-        return [bool(self._store("replace", memcached_key(k), v, ttl)) for k, v in mapping.items()]
+        expiry = _write_expiry(ttl, self.default_ttl)
+        jobs = [_write_job(b"replace", memcached_key(k), v, expiry) for k, v in mapping.items()]
+        return cast("list[bool]", self._many(jobs))
 
     def delete_many(self, *keys: bytes) -> int:
-        """Remove the keys; return how many existed (memcached deletes one key at a time)."""
-        deleted = 0
-        for key in keys:
-            deleted += self.delete(key)
-        return deleted
+        """Remove the keys, pipelined per server; return how many existed."""
+        jobs = [_delete_job(memcached_key(key)) for key in keys]
+        return sum(cast("list[bool]", self._many(jobs)))
 
     def incr(self, key: bytes, delta: int = 1) -> int:
         """Add ``delta`` atomically and return the new value; a missing key counts as ``0``.
@@ -492,56 +1068,8 @@ class MemcachedBackend:
         Native ``incr`` where memcached can do it (non-negative value and delta),
         otherwise a ``gets``/``cas`` loop, so the result may go below zero.
         """
-        check_delta(delta)
         k = memcached_key(key)
-        client = self._client
-        if 0 <= delta < 2**63:
-            for _ in range(_CAS_RETRIES):
-                try:
-                    result = self._call("incr", client.incr, k, delta, noreply=False)
-                except BackendError as err:
-                    if not isinstance(err.__cause__, self._client_error):
-                        raise
-                    # "non-numeric value": a negative counter; the cas loop handles it.
-                    break
-                if result is not None:
-                    if result > INT64_MAX:  # memcached counts in unsigned 64 bits; we don't
-                        self._call("decr", client.decr, k, delta, noreply=False)
-                        counter_sum(result - delta, delta, key)  # raises ValidationError
-                    return result
-                created = self._call(
-                    "add", client.add, k, str(delta).encode(), 0, noreply=False, flags=0
-                )
-                if created:
-                    return delta
-        return self._cas_add(k, delta)
-
-    def _cas_add(self, k: bytes, delta: int) -> int:
-        """Add ``delta`` with a ``gets``/``cas`` loop (for values memcached cannot incr)."""
-        for _ in range(_CAS_RETRIES):
-            try:
-                # Hold the lock across gets and cas: threads of this process then never
-                # race each other; only other processes can make a round fail.
-                with self._lock:
-                    new = self._cas_add_once(k, delta)
-            except self._errors as err:
-                raise self._translate("incr", err) from err
-            if new is not None:
-                return new
-        raise ConflictError(f"memcached incr of {k!r} lost {_CAS_RETRIES} races in a row")
-
-    def _cas_add_once(self, k: bytes, delta: int) -> int | None:
-        client = self._client
-        item, cas = client.gets(k)
-        if item is None or cas is None:
-            created = client.add(k, str(delta).encode(), 0, noreply=False, flags=0)
-            return delta if created else None
-        new = counter_sum(parse_counter(_value(item), k), delta, k)
-        flags = _flags(item)
-        stored = client.cas(
-            k, str(new).encode(), cas, self._kept_expiry(flags), noreply=False, flags=flags
-        )
-        return new if stored else None
+        return self._one(_Job(k, False, _incr_steps(k, delta)))
 
     def decr(self, key: bytes, delta: int = 1) -> int:
         """Subtract ``delta`` atomically and return the new value (may go below zero)."""
@@ -554,31 +1082,12 @@ class MemcachedBackend:
         Done as ``gets`` + ``cas`` rather than memcached ``touch``, because the
         item's flags must learn the new expiry too (for a later ``KEEP_TTL``).
         """
-        exptime, flags = self._expiry(resolve_ttl(ttl, self.default_ttl))
         k = memcached_key(key)
-        client = self._client
-        for _ in range(_CAS_RETRIES):
-            try:
-                with self._lock:  # across gets and cas, as in _cas_add
-                    item, cas = client.gets(k)
-                    if item is None or cas is None:
-                        return False
-                    stored = client.cas(k, _value(item), cas, exptime, noreply=False, flags=flags)
-            except self._errors as err:
-                raise self._translate("touch", err) from err
-            if stored is None:
-                return False
-            if stored:
-                return True
-        raise ConflictError(f"memcached touch of {k!r} lost {_CAS_RETRIES} races in a row")
+        return self._one(_Job(k, False, _touch_steps(k, ttl, self.default_ttl)))
 
     def gets(self, key: bytes) -> tuple[bytes, CasToken] | None:
         """Return the value with a token (memcached's CAS unique and the item's flags)."""
-        k = memcached_key(key)
-        item, cas = self._call("gets", self._client.gets, k)
-        if item is None or cas is None:
-            return None
-        return _value(item), _McToken(cas, _flags(item))
+        return self._one(_gets_job(memcached_key(key)))
 
     def cas(
         self, key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None = KEEP_TTL
@@ -587,14 +1096,8 @@ class MemcachedBackend:
 
         ``KEEP_TTL`` re-sends the absolute expiry remembered in the item's flags.
         """
-        if not isinstance(token, _McToken):
-            raise ValidationError("cas needs the token returned by this backend's gets")
-        if ttl is KEEP_TTL:
-            exptime, flags = self._kept_expiry(token.flags), token.flags
-        else:
-            exptime, flags = self._expiry(resolve_ttl(ttl, self.default_ttl))
         k = memcached_key(key)
-        return bool(self._store_raw("cas", k, value, exptime, flags, token.cas))
+        return self._one(_Job(k, False, _cas_steps(k, value, token, ttl, self.default_ttl)))
 
     def delete_if(self, key: bytes, token: CasToken) -> bool:
         """Delete the key only if unchanged since ``gets``.
@@ -602,115 +1105,144 @@ class MemcachedBackend:
         memcached has no compare-and-delete: a ``cas`` with a negative exptime
         writes an already-expired item, which no later read can see.
         """
-        if not isinstance(token, _McToken):
-            raise ValidationError("delete_if needs the token returned by this backend's gets")
         k = memcached_key(key)
-        client = self._client
-        return bool(
-            self._call("delete_if", client.cas, k, b"", token.cas, -1, noreply=False, flags=0)
-        )
+        return self._one(_Job(k, True, _delete_if_steps(k, token)))
 
     def batch(self, commands: Sequence[Command]) -> list[object]:
-        """Run the commands in order, grouping reads and same-TTL writes per round trip.
+        """Run the commands with one pipeline per server; results in command order.
 
-        Consecutive ``get``/``gets``/``set`` commands on distinct keys are merged
-        into one ``get_many``, one ``gets_many`` and one ``set_many`` per TTL;
-        reordering them cannot change a result because their keys differ. Every
-        other command runs on its own. A failing command's error is put in its
-        slot.
+        All the commands for one server are sent at once and their replies read
+        in order, and the servers of a pool are served concurrently: a phase of
+        gets costs one ``get`` line per server, a phase of sets one pipelined
+        write per server. Commands on one key run in the order given. A failing
+        command has its error in its slot: a dead server's keys get its
+        :class:`~cacheorm.BackendError` (``.server`` names it) after one timeout,
+        while the keys of the other servers are served.
         """
-        results: list[object] = [None] * len(commands)
-        wave: list[int] = []
-        wave_keys: set[bytes] = set()
-        for index, command in enumerate(commands):
-            groupable = command.op in ("get", "gets", "set")
-            if not groupable or command.key in wave_keys:
-                self._run_wave(commands, wave, results)
-                wave, wave_keys = [], set()
-            if groupable:
-                wave.append(index)
-                wave_keys.add(command.key)
-            else:
-                results[index] = self._run_one(command)
-        self._run_wave(commands, wave, results)
-        return results
-
-    def _run_wave(
-        self, commands: Sequence[Command], wave: list[int], results: list[object]
-    ) -> None:
-        if not wave:
-            return
-        if len(wave) == 1:
-            results[wave[0]] = self._run_one(commands[wave[0]])
-            return
-        gets = [i for i in wave if commands[i].op == "get"]
-        getss = [i for i in wave if commands[i].op == "gets"]
-        sets: dict[int, list[int]] = {}
-        for i in wave:
-            command = commands[i]
-            if command.op != "set":
-                continue
-            if isinstance(command.ttl, Keep):
-                results[i] = ValidationError("KEEP_TTL is only valid for cas")
-                continue
+        default = self.default_ttl
+        jobs: list[_Job[object] | CacheORMError] = []
+        for command in commands:
             try:
-                ttl = resolve_ttl(command.ttl, self.default_ttl)
-            except ValidationError as err:
-                results[i] = err
-                continue
-            sets.setdefault(ttl, []).append(i)
-        if gets:
-            try:
-                values = self.get_many(*(commands[i].key for i in gets))
+                jobs.append(_job(command, default))
             except CacheORMError as err:
-                for i in gets:
-                    results[i] = err
-            else:
-                for i, value in zip(gets, values, strict=True):
-                    results[i] = value
-        if getss:
-            encoded = {memcached_key(commands[i].key): i for i in getss}
-            try:
-                found = self._call("gets_many", self._client.gets_many, list(encoded))
-            except CacheORMError as err:
-                for i in getss:
-                    results[i] = err
-            else:
-                for k, i in encoded.items():
-                    hit = found.get(k)
-                    results[i] = (
-                        None if hit is None else (_value(hit[0]), _McToken(hit[1], _flags(hit[0])))
-                    )
-        for ttl, indexes in sets.items():
-            try:
-                self.set_many({commands[i].key: commands[i].value for i in indexes}, ttl)
-            except ValueTooLarge:
-                # One value was refused: redo them one by one so only that one fails.
-                for i in indexes:
-                    results[i] = self._run_one(commands[i])
-            except CacheORMError as err:
-                for i in indexes:
-                    results[i] = err
-            else:
-                for i in indexes:
-                    results[i] = True
-
-    def _run_one(self, command: Command) -> object:
-        """Run one command through the public methods; return its result or its error."""
-        try:
-            return apply(self, command)
-        except CacheORMError as err:
-            return err
+                jobs.append(err)
+        return self._execute(jobs)
 
     def close(self) -> None:
         """Close the connections this backend opened; the backend is unusable after.
 
         A client passed in as ``client=`` is left open: its owner closes it.
         """
-        if not self._owns_client:
-            return
+        with self._lock:
+            for node in self._nodes:
+                if node.owned:
+                    node.client.close()
+
+
+def _job(command: Command, default: int) -> _Job[object]:
+    """One batch command as a job (the commands :func:`~cacheorm.backends.base.apply` maps).
+
+    Raises:
+        ValidationError: an unknown command, or an illegal TTL.
+    """
+    op, k, ttl = command.op, memcached_key(command.key), command.ttl
+    if op == "get":
+        return _get_job(k)
+    if op in ("set", "add", "replace"):
+        return _write_job(op.encode(), k, command.value, _write_expiry(ttl, default))
+    if op == "gets":
+        return _gets_job(k)
+    if op == "has":
+        return _has_job(k)
+    if op == "delete":
+        return _delete_job(k)
+    if op == "cas":
+        return _Job(k, False, _cas_steps(k, command.value, command.token, ttl, default))
+    if op == "delete_if":
+        return _Job(k, True, _delete_if_steps(k, command.token))
+    if op == "touch":
+        return _Job(k, False, _touch_steps(k, ttl, default))
+    if op == "incr":
+        return _Job(k, False, _incr_steps(k, command.delta))
+    raise ValidationError(f"unknown batch command {op!r}")
+
+
+def _advance(
+    task: _Task,
+    reply: _Item | bytes | CacheORMError | None,
+    results: list[object],
+    server: str | None,
+) -> bool:
+    """Give a task its reply; return whether it sent another request (else its result is in)."""
+    finish = task.finish
+    if finish is not None:  # a command of one request, unless refused as too large
+        if isinstance(reply, ValueTooLarge) and isinstance(task.request, _Line):
+            task.finish, task.steps = None, _refused(task.request.key, reply)
+            task.request = next(task.steps)
+            return True
         try:
-            with self._lock:
-                self._client.close()
-        except self._errors as err:
-            raise self._translate("close", err) from err
+            results[task.slot] = reply if isinstance(reply, CacheORMError) else finish(reply)
+        except CacheORMError as err:
+            if isinstance(err, BackendError) and err.server is None:
+                err.server = server
+            results[task.slot] = err
+        return False
+    assert task.steps is not None
+    try:
+        if isinstance(reply, CacheORMError):
+            task.request = task.steps.throw(reply)
+        else:
+            task.request = task.steps.send(reply)
+    except StopIteration as stop:
+        results[task.slot] = stop.value
+        return False
+    except CacheORMError as err:
+        if isinstance(err, BackendError) and err.server is None:
+            err.server = server
+        results[task.slot] = err
+        return False
+    return True
+
+
+def _round(
+    queues: dict[_Node, list[_Task]], failed: dict[_Node, BackendError], results: list[object]
+) -> dict[_Node, list[_Task]]:
+    """Send each server its ready requests, read the replies; return what is left to run."""
+    exchanges: list[_Exchange] = []
+    later: dict[_Node, list[_Task]] = {}
+    for node, queue in queues.items():
+        error = failed.get(node)
+        if error is not None:
+            for task in queue:
+                results[task.slot] = error
+            continue
+        ready: list[_Task] = []
+        held: list[_Task] = []
+        busy: set[bytes] = set()  # keys whose command may send another request
+        for task in queue:
+            if busy and task.key in busy:
+                held.append(task)
+                continue
+            ready.append(task)
+            if not task.final:
+                busy.add(task.key)
+        exchanges.append(_Exchange(node, ready))
+        if held:
+            later[node] = held
+    _converse(exchanges)
+    for exchange in exchanges:
+        node = exchange.node
+        if exchange.error is not None:
+            failed[node] = exchange.error
+        going: list[_Task] = []
+        answered = len(exchange.replies)
+        for index, task in enumerate(exchange.tasks):
+            if index < answered:
+                if _advance(task, exchange.replies[index], results, node.name):
+                    going.append(task)
+            else:
+                results[task.slot] = exchange.error_for(index)
+        if going:
+            # Before the held commands: they wait for these on their keys.
+            later[node] = going + later.get(node, [])
+    return later

@@ -335,12 +335,28 @@ class MemoryBackend:
         has its :class:`~cacheorm.CacheORMError` in its result slot.
         """
         results: list[object] = []
+        append = results.append
+        # The engine sends every phase of two or more commands here: all-get and
+        # all-set phases skip the general dispatcher, and a set's expiry is
+        # computed once per TTL, as in get_many/set_many.
+        expiries: dict[int | None, float] = {}
         with self._lock:
             for command in commands:
+                op, ttl = command.op, command.ttl
                 try:
-                    results.append(apply_local(self, command))
+                    if op == "get":
+                        append(self._get(command.key))
+                    elif op == "set" and (ttl is None or type(ttl) is int):
+                        expires = expiries.get(ttl)
+                        if expires is None:
+                            expires = self._expiry(resolve_ttl(ttl, self.default_ttl))
+                            expiries[ttl] = expires
+                        self._store(command.key, command.value, expires)
+                        append(True)
+                    else:
+                        append(apply_local(self, command))
                 except CacheORMError as err:
-                    results.append(err)
+                    append(err)
         return results
 
     def close(self) -> None:

@@ -377,28 +377,52 @@ class TieredBackend:
             raise
         for i, answer in zip(remote, answers, strict=True):
             results[i] = answer
-            self._follow(commands[i], answer)
+        self._follow([commands[i] for i in remote], answers)
         return results
 
-    def _follow(self, command: Command, answer: object) -> None:
-        """Bring ``near`` in line with one far command's result."""
-        op, key = command.op, command.key
-        if op in ("get", "has"):
-            # Reads change nothing. (A get reaches far.batch only after a write
-            # of its key, whose own follow-up already copied or dropped it.)
+    def _follow(self, commands: Sequence[Command], answers: Sequence[object]) -> None:
+        """Bring ``near`` in line with far's results, in one ``set_many`` per TTL.
+
+        A stored value is copied (unless its TTL was kept: its lifetime is
+        unknown); anything else that touched a key (deletes, counters, ``gets``,
+        failures) drops the near copy. The last command on a key decides.
+        """
+        final: dict[bytes, tuple[bytes, int] | None] = {}
+        near_ttls: dict[int | None, int] = {}  # far TTL -> near TTL, computed once per batch
+        for command, answer in zip(commands, answers, strict=True):
+            op, ttl = command.op, command.ttl
+            if op in ("get", "has"):
+                # Reads change nothing. (A get reaches far.batch only after a write
+                # of its key, whose own follow-up already copies or drops it.)
+                continue
+            if (
+                op in ("set", "add", "replace", "cas")
+                and answer is True
+                and not isinstance(ttl, Keep)
+            ):
+                near_ttl = near_ttls.get(ttl)
+                if near_ttl is None:
+                    near_ttl = near_ttls[ttl] = self._near_ttl(ttl)
+                final[command.key] = (command.value, near_ttl)
+            else:
+                final[command.key] = None
+        if not final:
             return
+        copies: dict[int, dict[bytes, bytes]] = {}
+        drops: list[bytes] = []
+        for key, copy in final.items():
+            if copy is None:
+                drops.append(key)
+            else:
+                copies.setdefault(copy[1], {})[key] = copy[0]
         try:
             with self._changing():
-                if (
-                    op in ("set", "add", "replace", "cas")
-                    and answer is True
-                    and not isinstance(command.ttl, Keep)
-                ):
-                    self.near.set(key, command.value, self._near_ttl(command.ttl))
-                else:
-                    self.near.delete(key)
+                for ttl, mapping in copies.items():
+                    self.near.set_many(mapping, ttl)
+                if drops:
+                    self.near.delete_many(*drops)
         except CacheORMError:
-            self._drop(key)
+            self._drop(*final)
 
     def close(self) -> None:
         """Close ``far``, then ``near`` (both, even if the first fails)."""

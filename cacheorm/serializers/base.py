@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol, TypeAlias, runtime_checkable
 
-__all__ = ["Payload", "Primitive", "Serializer"]
+__all__ = ["KeyedSerializer", "Payload", "Primitive", "Serializer"]
 
 Primitive: TypeAlias = (
     str | int | float | bool | bytes | list["Primitive"] | dict[str, "Primitive"] | None
@@ -33,4 +33,23 @@ class Serializer(Protocol):
 
     def loads(self, data: bytes) -> Primitive:
         """Decode bytes produced by :meth:`dumps`."""
+        ...
+
+
+@runtime_checkable
+class KeyedSerializer(Serializer, Protocol):
+    """A serializer that binds each payload to the storage key it is written under.
+
+    cacheorm calls :meth:`dumps_keyed`/:meth:`loads_keyed` instead of
+    ``dumps``/``loads`` when a serializer has them (``signed(...)`` does: the
+    key is part of its MAC), so a payload copied under another key fails to
+    decode.
+    """
+
+    def dumps_keyed(self, obj: Primitive, key: bytes) -> bytes:
+        """Encode ``obj`` to be stored under ``key``."""
+        ...
+
+    def loads_keyed(self, data: bytes, key: bytes) -> Primitive:
+        """Decode bytes read under ``key``; :class:`cacheorm.DecodeError` if not written for it."""
         ...

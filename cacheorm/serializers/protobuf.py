@@ -57,6 +57,17 @@ class ProtobufSerializer(Generic[M]):
     ``double`` for values that must round-trip exactly (``nan``/``inf``
     included).
 
+    **Missing fields, and the key.** The wire format leaves defaults out, so
+    an empty payload, or one cut at a field boundary, parses as a message of
+    defaults: this serializer cannot tell it from a record whose fields are
+    all defaults, so it returns it. Give the key field presence (proto3
+    ``optional``) and a payload without it decodes the key as ``None``,
+    which the schema refuses for a key that is not ``T | None``
+    (:class:`~cacheorm.DecodeError` naming the field). Without presence the
+    key decodes as ``""`` or ``0``; every read also checks that the decoded
+    record's key is the key asked for, so such a payload is refused under
+    any other key.
+
     Example:
         >>> from tests.proto_gen import person_pb2
         >>> s = ProtobufSerializer(person_pb2.Person)

@@ -20,6 +20,9 @@ class Client:
     serde: Serde
     ignore_exc: bool
     sock: socket.socket | None
+    connect_timeout: float | None
+    timeout: float | None
+    key_prefix: bytes
     def __init__(
         self,
         server: ServerSpec,
@@ -38,6 +41,7 @@ class Client:
         encoding: str = "ascii",
         tls_context: SSLContext | None = None,
     ) -> None: ...
+    def _connect(self) -> None: ...
     def close(self) -> None: ...
     def stats(self, *args: str) -> dict[bytes, int | float | bool | bytes]: ...
     def set(
@@ -96,6 +100,8 @@ class Client:
     def quit(self) -> None: ...
 
 class PooledClient:
+    server: ServerSpec
+    ignore_exc: bool
     def __init__(
         self,
         server: ServerSpec,
@@ -118,3 +124,4 @@ class PooledClient:
         tls_context: SSLContext | None = None,
     ) -> None: ...
     def close(self) -> None: ...
+    def _create_client(self) -> Client: ...

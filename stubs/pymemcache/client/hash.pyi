@@ -1,12 +1,22 @@
 from collections.abc import Iterable, Sequence
 from ssl import SSLContext
 from types import ModuleType
+from typing import Protocol, type_check_only
 
-from pymemcache.client.base import Client, KeepaliveOpts, Key, ServerSpec
+from pymemcache.client.base import Client, KeepaliveOpts, Key, PooledClient, ServerSpec
 from pymemcache.serde import Serde
 
+@type_check_only
+class _Hasher(Protocol):
+    """What ``hasher=`` must provide (RendezvousHash by default; built with no argument)."""
+
+    def __init__(self) -> None: ...
+    def add_node(self, node: str) -> None: ...
+    def get_node(self, key: Key) -> str | None: ...
+
 class HashClient:
-    clients: dict[str, Client]
+    clients: dict[str, Client | PooledClient]
+    hasher: _Hasher
     default_kwargs: dict[str, object]
     ignore_exc: bool
     retry_attempts: int
