@@ -13,9 +13,11 @@ Redis, Memcached, process memory or files, read back as the same types::
     co.insert(people, Person("Sam", 178.8))
     co.get(people, "Sam")
 
-This module only re-exports the public surface; see ``__all__``.
+This module only re-exports the public surface; see ``__all__``. The record
+functions are declared once each, in :mod:`cacheorm.crud`.
 """
 
+from cacheorm import crud as crud
 from cacheorm import ops as ops
 from cacheorm.backends.base import KEEP_TTL as KEEP_TTL
 from cacheorm.backends.base import Backend as Backend
@@ -25,25 +27,14 @@ from cacheorm.backends.memory import MemoryBackend as MemoryBackend
 from cacheorm.backends.memory import SimpleBackend as SimpleBackend
 from cacheorm.backends.redis import RedisBackend as RedisBackend
 from cacheorm.backends.tiered import TieredBackend as TieredBackend
-from cacheorm.crud import add as add
-from cacheorm.crud import delete as delete
-from cacheorm.crud import delete_many as delete_many
-from cacheorm.crud import exists as exists
-from cacheorm.crud import get as get
-from cacheorm.crud import get_many as get_many
-from cacheorm.crud import get_or_load as get_or_load
-from cacheorm.crud import get_or_none as get_or_none
-from cacheorm.crud import insert as insert
-from cacheorm.crud import insert_many as insert_many
-from cacheorm.crud import modify as modify
-from cacheorm.crud import replace as replace
-from cacheorm.crud import update as update
-from cacheorm.crud import update_many as update_many
+from cacheorm.crud import *  # noqa: F403  # the public functions, as crud.__all__ names them
 from cacheorm.errors import AlreadyExists as AlreadyExists
 from cacheorm.errors import BackendError as BackendError
 from cacheorm.errors import CacheORMError as CacheORMError
 from cacheorm.errors import ConflictError as ConflictError
 from cacheorm.errors import DecodeError as DecodeError
+from cacheorm.errors import FieldLoadError as FieldLoadError
+from cacheorm.errors import FieldValidationError as FieldValidationError
 from cacheorm.errors import NotFound as NotFound
 from cacheorm.errors import SchemaError as SchemaError
 from cacheorm.errors import ValidationError as ValidationError
@@ -95,6 +86,8 @@ __all__ = [
     "DateTimeField",
     "DecimalField",
     "DecodeError",
+    "FieldLoadError",
+    "FieldValidationError",
     "EnumField",
     "Field",
     "FileSystemBackend",
@@ -124,24 +117,11 @@ __all__ = [
     "UUIDField",
     "ValidationError",
     "ValueTooLarge",
-    "add",
     "compressed",
-    "delete",
-    "delete_many",
     "execute",
-    "exists",
-    "get",
-    "get_many",
-    "get_or_load",
-    "get_or_none",
-    "insert",
-    "insert_many",
-    "modify",
     "on",
     "ops",
     "registry",
-    "replace",
     "signed",
-    "update",
-    "update_many",
 ]
+__all__ += crud.__all__  # the public functions, each declared once in cacheorm.crud

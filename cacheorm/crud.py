@@ -1,9 +1,14 @@
 """The record functions: ``insert``, ``get``, ``update``, ``delete`` and friends.
 
-Each public function is a thin driver over a *plan* (see :mod:`cacheorm.engine`):
-the plan says which storage commands to send and what to make of the answers;
-``co.execute`` runs the very same plans in pipelines. All functions take the
-repo first and positionally, never mutate their inputs, and return new records.
+Each public function is declared once, here, as a *plan* (see
+:mod:`cacheorm.engine`): the plan says which storage commands to send, when to
+wait and which user code to call, and what to make of the answers.
+:func:`~cacheorm.engine.declare` turns it into the synchronous function
+(``co.get``), :mod:`cacheorm.ops` into the op builder (``co.ops.get``) whose
+ops ``co.execute`` runs in pipelines; ``__all__`` names every declared
+function, and ``cacheorm``, ``cacheorm.ops`` and the mypy plugin read it. All
+functions take the repo first and positionally, never mutate their inputs, and
+return new records.
 
 Nothing read from the cache is trusted: every read checks that the decoded
 record is the record of the key asked for, in the repo's namespace
@@ -20,12 +25,26 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import TypeVar
+from typing import TypeVar, cast, overload
 
 from typing_extensions import TypeVar as TypeVarWithDefault
 
-from cacheorm.backends.base import KEEP_TTL, Command
-from cacheorm.engine import Plan, plan_all, run_one
+from cacheorm.backends.base import (
+    KEEP_TTL,
+    Add,
+    Cas,
+    Command,
+    Delete,
+    DeleteIf,
+    Get,
+    Gets,
+    Has,
+    Incr,
+    Replace,
+    Set,
+    is_int,
+)
+from cacheorm.engine import Plan, Sleep, declare, invoke, plan_all
 from cacheorm.errors import (
     AlreadyExists,
     BackendError,
@@ -35,8 +54,9 @@ from cacheorm.errors import (
     NotFound,
     ValidationError,
 )
-from cacheorm.repo import NAMESPACE_FIELD, Event, Repo
+from cacheorm.repo import NAMESPACE_FIELD, AfterWrite, BeforeWrite, DeleteEvent, Repo
 
+# The public functions: every name here is declared below with @declare, once.
 __all__ = [
     "add",
     "delete",
@@ -59,6 +79,7 @@ logger = logging.getLogger(__name__)
 R = TypeVar("R")
 T = TypeVar("T")
 K = TypeVarWithDefault("K", default=Hashable)
+KL = TypeVar("KL", bound=Hashable)
 
 LOCK_PREFIX = b"\x00lock\x00"
 """Prefix of ``get_or_load``'s stampede lock keys: keys cacheorm builds never start with
@@ -142,22 +163,28 @@ def _same_key(repo: Repo[R, K], key: K, bkey: bytes) -> bool:
         return False
 
 
-def _before(repo: Repo[R, K], event: Event, record: R) -> R:
-    for handler in repo.handlers[event]:
-        replacement = handler(repo, record)
-        if replacement is not None:
-            record = repo.schema.prepare(replacement)  # type: ignore[arg-type]  # checked by prepare
-    return record
+def _before(repo: Repo[R, K], event: BeforeWrite, record: R) -> R:
+    """The record to write once the ``event`` hooks have run (see :meth:`Repo.run_before_write`)."""
+    return repo.run_before_write(event, record)
 
 
-def _notify(repo: Repo[R, K], event: Event, subject: object) -> None:
-    for handler in repo.handlers[event]:
-        handler(repo, subject)
+@overload
+def _notify(repo: Repo[R, K], event: AfterWrite, subject: R) -> None: ...
+@overload
+def _notify(repo: Repo[R, K], event: DeleteEvent, subject: K) -> None: ...
+def _notify(repo: Repo[R, K], event: AfterWrite | DeleteEvent, subject: object) -> None:
+    """Run the ``event`` hooks on a stored record (``after_*``) or a key (``*_delete``)."""
+    # The overloads pair each event with its subject's type.
+    if event == "before_delete" or event == "after_delete":
+        repo.run_delete_hooks(event, cast("K", subject))
+    else:
+        repo.run_after_write(event, cast("R", subject))
 
 
-def _backoff(attempt: int) -> None:
+def _backoff(attempt: int) -> Sleep:
+    """The wait before compare-and-set attempt ``attempt + 1``."""
     # Full jitter: spreads contending writers so one of them wins each round.
-    time.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
+    return Sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
 
 
 def key_list(keys: Iterable[K]) -> list[K]:
@@ -165,6 +192,11 @@ def key_list(keys: Iterable[K]) -> list[K]:
     if isinstance(keys, str | bytes):
         raise ValidationError(f"expected a list of keys, got the single key {keys!r}")
     return list(keys)
+
+
+def key_tuple(keys: Iterable[K]) -> tuple[K, ...]:
+    """An op's snapshot of its keys (see :func:`key_list`), checked when the op is built."""
+    return tuple(key_list(keys))
 
 
 def _miss_mode(repo: Repo[R, K]) -> bool:
@@ -184,19 +216,52 @@ def _read(repo: Repo[R, K], answer: object) -> object:
     return answer
 
 
-# --------------------------------------------------------------------------- plans
+# --------------------------------------------------------------------------- public functions
+#
+# Each is declared once, as its plan (see the module docstring). With
+# on_backend_error="miss" (see Repo), reads degrade during an outage and writes
+# do not: the Raises sections below name BackendError for the calls that raise
+# it in both modes.
 
 
-def plan_insert(repo: Repo[R, K], record: R, *, only_new: bool = False) -> Plan[R]:
-    """Upsert one record (``only_new``: ``add`` semantics)."""
-    (stored,) = yield from _plan_write(repo, [repo.schema.prepare(record)], only_new)
+@declare(draws_keys=True)
+def insert(repo: Repo[R, K], record: R, /) -> Plan[R]:
+    """Store a record (insert or overwrite) and return it as stored.
+
+    Defaults are applied and an ``AutoField`` key is assigned when it is ``None``.
+
+    Raises:
+        ValidationError: the record is not of the repo's type or a value cannot be stored.
+        BackendError: the server is unreachable; in either ``on_backend_error``
+            mode, as the record was not stored.
+    """
+    (stored,) = yield from _plan_write(repo, [repo.schema.prepare(record)], False)
     return stored
 
 
-def plan_insert_many(repo: Repo[R, K], records: Iterable[R]) -> Plan[list[R]]:
-    """Upsert several records: one counter call for auto keys, one write call."""
+@declare(draws_keys=True, snapshot=tuple)
+def insert_many(repo: Repo[R, K], records: Iterable[R], /) -> Plan[list[R]]:
+    """Store several records in one round trip; return them as stored, in order.
+
+    Raises:
+        ValidationError: a record cannot be stored (nothing is written).
+        BackendError: a write did not reach its server, in either
+            ``on_backend_error`` mode (on a pool, records on healthy nodes are stored).
+    """
     schema = repo.schema
     return (yield from _plan_write(repo, [schema.prepare(r) for r in records], False))
+
+
+@declare(draws_keys=True)
+def add(repo: Repo[R, K], record: R, /) -> Plan[R]:
+    """Store a record only if its key is absent (atomically).
+
+    Raises:
+        AlreadyExists: a record with that key is already stored.
+        BackendError: the server is unreachable, in either ``on_backend_error`` mode.
+    """
+    (stored,) = yield from _plan_write(repo, [repo.schema.prepare(record)], True)
+    return stored
 
 
 def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[list[R]]:
@@ -215,7 +280,7 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
         waiting = [i for i in todo if i in auto]
         if waiting:
             counter = schema.counter_key(ns)
-            (last,) = yield [Command("incr", counter, delta=len(waiting))]
+            (last,) = yield [Incr(counter, len(waiting))]
             first = _as_int(_check(last)) - len(waiting) + 1
             for offset, i in enumerate(waiting):
                 stored[i] = _before(
@@ -225,13 +290,8 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
             if i not in auto:
                 stored[i] = _before(repo, "before_insert", stored[i])
         bkeys = [schema.encode_key(schema.key_of(stored[i]), ns) for i in todo]
-        commands = [
-            Command(
-                "add" if only_new or i in auto else "set",
-                bkey,
-                _encode(repo, stored[i], bkey),
-                ttl=ttl,
-            )
+        commands: list[Command] = [
+            (Add if only_new or i in auto else Set)(bkey, _encode(repo, stored[i], bkey), ttl)
             for i, bkey in zip(todo, bkeys, strict=True)
         ]
         if not commands:
@@ -256,66 +316,106 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
     )
 
 
-def plan_get_or_none(repo: Repo[R, K], key: K) -> Plan[R | None]:
-    """Read one record, ``None`` when missing."""
+@declare()
+def get(repo: Repo[R, K], key: K, /) -> Plan[R]:
+    """Return the record stored under ``key``.
+
+    Raises:
+        NotFound: no record under ``key`` (a ``LookupError``); also during an
+            outage with ``on_backend_error="miss"``.
+        DecodeError: the stored bytes are not a valid record of this schema, or
+            are the record of another key or namespace (copied there).
+        BackendError: the server is unreachable (``on_backend_error="raise"``).
+    """
+    # Not `yield from get_or_none(...)`: the hot path saves a generator.
     bkey = repo.schema.encode_key(key, repo.namespace)
-    (raw,) = yield [Command("get", bkey)]
-    raw = _read(repo, raw)
-    if raw is None:
-        return None
-    return _decode(repo, _as_bytes(raw), key, bkey)
-
-
-def plan_get(repo: Repo[R, K], key: K) -> Plan[R]:
-    """Read one record; :class:`NotFound` when missing."""
-    record = yield from plan_get_or_none(repo, key)
+    (raw,) = yield [Get(bkey)]
+    record = _record_or_none(repo, raw, key, bkey)
     if record is None:
         raise NotFound(f"{repo.schema.name} {key!r} not found")
     return record
 
 
-def plan_get_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[list[R | None]]:
-    """Read several records in key order, ``None`` for each missing one."""
+@declare()
+def get_or_none(repo: Repo[R, K], key: K, /) -> Plan[R | None]:
+    """Return the record stored under ``key``, or ``None``.
+
+    With ``on_backend_error="miss"`` an outage returns ``None``.
+
+    Raises:
+        DecodeError: as for :func:`get`.
+        BackendError: the server is unreachable (``on_backend_error="raise"``).
+    """
+    bkey = repo.schema.encode_key(key, repo.namespace)
+    (raw,) = yield [Get(bkey)]
+    return _record_or_none(repo, raw, key, bkey)
+
+
+def _record_or_none(repo: Repo[R, K], answer: object, key: K, bkey: bytes) -> R | None:
+    """The record in a ``Get`` answer for ``key`` (``bkey``); ``None`` on a miss."""
+    raw = _read(repo, answer)
+    return None if raw is None else _decode(repo, _as_bytes(raw), key, bkey)
+
+
+@declare(snapshot=key_tuple)
+def get_many(repo: Repo[R, K], keys: Iterable[K], /) -> Plan[list[R | None]]:
+    """Return the records in key order, ``None`` where missing, in one round trip.
+
+    With ``on_backend_error="miss"`` a key whose server is down is ``None``
+    (on a pool, keys on healthy nodes are still served).
+
+    Raises:
+        DecodeError: as for :func:`get`.
+        BackendError: a key's server is unreachable (``on_backend_error="raise"``).
+    """
     keys = key_list(keys)
     if not keys:
         return []
     encode, ns = repo.schema.encode_key, repo.namespace
     bkeys = [encode(k, ns) for k in keys]
-    raws = yield [Command("get", bkey) for bkey in bkeys]
-    records: list[R | None] = []
-    for k, bkey, raw in zip(keys, bkeys, raws, strict=True):
-        raw = _read(repo, raw)
-        records.append(None if raw is None else _decode(repo, _as_bytes(raw), k, bkey))
-    return records
+    raws = yield [Get(bkey) for bkey in bkeys]
+    return [
+        _record_or_none(repo, raw, k, bkey) for k, bkey, raw in zip(keys, bkeys, raws, strict=True)
+    ]
 
 
-def plan_exists(repo: Repo[R, K], key: K) -> Plan[bool]:
-    """Whether a record is stored under ``key``."""
-    (found,) = yield [Command("has", repo.schema.encode_key(key, repo.namespace))]
+@declare()
+def exists(repo: Repo[R, K], key: K, /) -> Plan[bool]:
+    """Return whether a record is stored under ``key``.
+
+    With ``on_backend_error="miss"`` an outage returns ``False``.
+    """
+    (found,) = yield [Has(repo.schema.encode_key(key, repo.namespace))]
     return bool(_read(repo, found))
 
 
-def _plan_rmw(repo: Repo[R, K], key: K, bkey: bytes, change: Callable[[R], R]) -> Plan[R]:
-    """Atomic read-modify-write of ``key`` (stored as ``bkey``) on the backend's CAS."""
+def _plan_rmw(
+    repo: Repo[R, K], key: K, bkey: bytes, edit: dict[str, object] | Callable[[R], R]
+) -> Plan[R]:
+    """Atomic read-modify-write of ``key`` (stored as ``bkey``) on the backend's CAS.
+
+    ``edit`` is the changes of :func:`update`, or the user's function of
+    :func:`modify` (called through the driver, maybe several times).
+    """
     schema = repo.schema
     ttl = repo.ttl if repo.refresh_ttl_on_update else KEEP_TTL
     for attempt in range(MAX_CAS_ATTEMPTS):
-        (got,) = yield [Command("gets", bkey)]
+        (got,) = yield [Gets(bkey)]
         if _check(got) is None:
             raise NotFound(f"{schema.name} {key!r} not found")
         raw, token = _as_pair(got)
-        new = change(_decode(repo, raw, key, bkey))
+        old = _decode(repo, raw, key, bkey)
+        if isinstance(edit, dict):
+            new = schema.evolve(old, edit)
+        else:
+            new = schema.prepare((yield from invoke(edit, old)))
         new = _before(repo, "before_update", new)
-        if schema.encode_key(schema.key_of(new), repo.namespace) != bkey:
-            raise ValidationError(
-                f"{schema.name} {key!r}: an update cannot change the key "
-                f"(got {schema.key_of(new)!r}); insert a new record and delete the old one"
-            )
-        (ok,) = yield [Command("cas", bkey, _encode(repo, new, bkey), ttl=ttl, token=token)]
+        schema.check_same_key(key, new)
+        (ok,) = yield [Cas(bkey, _encode(repo, new, bkey), token, ttl)]
         if _check(ok):
             _notify(repo, "after_update", new)
             return new
-        _backoff(attempt)
+        yield _backoff(attempt)
     raise ConflictError(
         f"{schema.name} {key!r}: gave up after {MAX_CAS_ATTEMPTS} attempts under contention"
     )
@@ -334,17 +434,48 @@ def _check_changes(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> b
     return bkey
 
 
-def plan_update(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> Plan[R]:
-    """Change the named fields of one record atomically."""
+@declare(multi_phase=True)
+def update(repo: Repo[R, K], key: K, /, **changes: object) -> Plan[R]:
+    """Change only the named fields of a stored record, atomically; return the new record.
+
+    Concurrent writers never lose each other's changes: the write is a
+    compare-and-set retried on conflict. The record's remaining TTL is kept
+    unless the repo has ``refresh_ttl_on_update=True``.
+
+    Raises:
+        NotFound: no record under ``key`` (nothing is created).
+        ValidationError: an unknown field or a value its field cannot store.
+        DecodeError: as for :func:`get`.
+        ConflictError: still conflicting after ``MAX_CAS_ATTEMPTS`` attempts.
+        BackendError: the server is unreachable, in either ``on_backend_error``
+            mode: nothing was written.
+    """
     bkey = _check_changes(repo, key, changes)
-    changes = dict(changes)
-    return (yield from _plan_rmw(repo, key, bkey, lambda old: repo.schema.evolve(old, changes)))
+    return (yield from _plan_rmw(repo, key, bkey, changes))  # **changes: a dict of our own
 
 
-def plan_modify(repo: Repo[R, K], key: K, fn: Callable[[R], R]) -> Plan[R]:
-    """Replace one record by ``fn(old)`` atomically."""
+def _plan_update(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> Plan[R]:
+    """:func:`update` with the changes as a mapping (for :func:`update_many`)."""
+    bkey = _check_changes(repo, key, changes)
+    return (yield from _plan_rmw(repo, key, bkey, dict(changes)))
+
+
+@declare(multi_phase=True)
+def modify(repo: Repo[R, K], key: K, fn: Callable[[R], R], /) -> Plan[R]:
+    """Replace the record under ``key`` by ``fn(old)`` atomically; return the new record.
+
+    ``fn`` may be called more than once under contention; it must be pure.
+
+    Raises:
+        NotFound, DecodeError, ConflictError, BackendError: as for :func:`update`.
+    """
     bkey = repo.schema.encode_key(key, repo.namespace)
-    return (yield from _plan_rmw(repo, key, bkey, lambda old: repo.schema.prepare(fn(old))))
+    return (yield from _plan_rmw(repo, key, bkey, fn))
+
+
+def _changes_copy(changes: Mapping[K, Mapping[str, object]]) -> dict[K, dict[str, object]]:
+    """An op's snapshot of ``update_many``'s changes (the caller may reuse its dicts)."""
+    return {key: dict(fields) for key, fields in changes.items()}
 
 
 def _or_none(plan: Plan[T]) -> Plan[T | None]:
@@ -354,16 +485,23 @@ def _or_none(plan: Plan[T]) -> Plan[T | None]:
         return None
 
 
-def plan_update_many(
-    repo: Repo[R, K], changes: Mapping[K, Mapping[str, object]]
+@declare(multi_phase=True, snapshot=_changes_copy)
+def update_many(
+    repo: Repo[R, K], changes: Mapping[K, Mapping[str, object]], /
 ) -> Plan[list[R | None]]:
-    """Update several records: all reads in one phase, all writes in the next.
+    """Apply ``{key: {field: value}}`` atomically per record; ``None`` where missing.
 
-    Every key and change is validated first, so a bad one writes nothing.
+    All reads go in one round trip and all writes in another. Every change is
+    validated before anything is read, so a bad one writes nothing.
+
+    Raises:
+        ValidationError: a bad key or change (nothing is written).
+        BackendError: a record's server is unreachable, in either
+            ``on_backend_error`` mode (records on healthy nodes are updated).
     """
     for key, fields in changes.items():
         _check_changes(repo, key, fields)
-    updates = [plan_update(repo, key, fields) for key, fields in changes.items()]
+    updates = [_plan_update(repo, key, fields) for key, fields in changes.items()]
     results = yield from plan_all([_or_none(update) for update in updates])
     out: list[R | None] = []
     for result in results:
@@ -373,37 +511,51 @@ def plan_update_many(
     return out
 
 
-def plan_replace(repo: Repo[R, K], record: R) -> Plan[R]:
-    """Overwrite an existing record; :class:`NotFound` when absent."""
+@declare()
+def replace(repo: Repo[R, K], record: R, /) -> Plan[R]:
+    """Overwrite an existing record.
+
+    Raises:
+        NotFound: no record with that key is stored.
+        BackendError: the server is unreachable, in either ``on_backend_error`` mode.
+    """
     schema = repo.schema
     prepared = schema.prepare(record)
     stored = _before(repo, "before_update", prepared)
+    schema.check_same_key(schema.key_of(prepared), stored, by="a before_update hook")
     key = schema.key_of(stored)
-    if schema.key_of(prepared) != key:
-        raise ValidationError(
-            f"{schema.name}: a before_update hook cannot change the key "
-            f"({schema.key_of(prepared)!r} -> {key!r})"
-        )
     bkey = schema.encode_key(key, repo.namespace)
-    (ok,) = yield [Command("replace", bkey, _encode(repo, stored, bkey), ttl=repo.ttl)]
+    (ok,) = yield [Replace(bkey, _encode(repo, stored, bkey), repo.ttl)]
     if not _check(ok):
         raise NotFound(f"{schema.name} {key!r} not found")
     _notify(repo, "after_update", stored)
     return stored
 
 
-def plan_delete(repo: Repo[R, K], key: K) -> Plan[bool]:
-    """Delete one record; whether it existed."""
+@declare()
+def delete(repo: Repo[R, K], key: K, /) -> Plan[bool]:
+    """Delete the record under ``key``; return whether it existed.
+
+    Raises:
+        BackendError: the server is unreachable, in either ``on_backend_error``
+            mode: a delete is never skipped silently, as the old value would be
+            served again once the server answers.
+    """
     bkey = repo.schema.encode_key(key, repo.namespace)
     _notify(repo, "before_delete", key)
-    (existed,) = yield [Command("delete", bkey)]
+    (existed,) = yield [Delete(bkey)]
     existed = bool(_check(existed))
     _notify(repo, "after_delete", key)
     return existed
 
 
-def plan_delete_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[int]:
-    """Delete several records; how many existed."""
+@declare(snapshot=key_tuple)
+def delete_many(repo: Repo[R, K], keys: Iterable[K], /) -> Plan[int]:
+    """Delete several records in one round trip; return how many existed.
+
+    Raises:
+        BackendError: as for :func:`delete` (keys on healthy nodes are deleted).
+    """
     keys = key_list(keys)
     if not keys:
         return 0
@@ -411,79 +563,145 @@ def plan_delete_many(repo: Repo[R, K], keys: Iterable[K]) -> Plan[int]:
     bkeys = [encode(k, ns) for k in keys]
     for k in keys:
         _notify(repo, "before_delete", k)
-    results = yield [Command("delete", b) for b in bkeys]
+    results = yield [Delete(b) for b in bkeys]
     count = sum(1 for r in results if _check(r))
     for k in keys:
         _notify(repo, "after_delete", k)
     return count
 
 
-def plan_get_or_load(
+@overload
+@declare(multi_phase=True)
+def get_or_load(
     repo: Repo[R, K],
     key: K,
     loader: Callable[[K], R],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+) -> Plan[R]: ...
+@overload
+@declare(multi_phase=True)
+def get_or_load(
+    repo: Repo[R, Hashable],
+    key: KL,
+    loader: Callable[[KL], R],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+) -> Plan[R]: ...
+@declare(multi_phase=True)
+def get_or_load(
+    repo: Repo[R, K],
+    key: K,
+    loader: Callable[[KL], R],
+    /,
+    *,
     lock_ttl: int = 10,
     wait: float = 10.0,
 ) -> Plan[R]:
-    """Read-through with stampede protection (see :func:`get_or_load`)."""
+    """Return the stored record, or load, store and return it on a miss.
+
+    On a miss exactly one caller (across threads and processes sharing the
+    backend) runs ``loader(key)``: it takes a short-lived lock key with an atomic
+    ``add``, and only the owner releases it. Others poll for the stored result
+    for up to ``wait`` seconds, then load it themselves. An exception from
+    ``loader`` reaches its caller and releases the lock. A payload that cannot
+    be decoded (or holds another key's record) counts as a miss and is
+    overwritten.
+
+    With ``on_backend_error="miss"``, when the server is down the loader is
+    called and its record returned without being stored; when only the lock
+    cannot be taken, the record is loaded without the lock.
+
+    Typing: the loader takes the repo's key type; when that is the default
+    ``Hashable`` (an unannotated schema checked without the plugin), it takes
+    the type of the key given, so ``loader(name: str)`` fits ``key="Dee"``.
+
+    Args:
+        lock_ttl: seconds after which a crashed owner's lock expires (``>= 1``).
+        wait: seconds a caller waits for another caller's load (``>= 0``).
+
+    Raises:
+        ValidationError: the loader returned the record of another key (nothing
+            is stored), or an illegal ``lock_ttl``/``wait``.
+        BackendError: the server is unreachable (``on_backend_error="raise"``).
+    """
+    # The overloads pair the loader with the key's type (the second with KL).
+    load = cast("Callable[[K], R]", loader)
+    return _plan_get_or_load(repo, key, load, lock_ttl, wait)
+
+
+def _plan_get_or_load(
+    repo: Repo[R, K], key: K, loader: Callable[[K], R], lock_ttl: int, wait: float
+) -> Plan[R]:
+    """The plan of :func:`get_or_load`: read, else lock and load, else poll the lock."""
     _check_lock_settings(lock_ttl, wait)
-    schema = repo.schema
-    bkey = schema.encode_key(key, repo.namespace)
+    bkey = repo.schema.encode_key(key, repo.namespace)
     lock = LOCK_PREFIX + bkey
     token = secrets.token_bytes(16)
     deadline = time.monotonic() + wait
     attempt = 0
     while True:
         found = yield from _plan_read_valid(repo, bkey, key)
-        if isinstance(found, BackendError):
-            return _load(repo, key, bkey, loader)  # miss mode, server down: nothing to store in
+        if isinstance(found, BackendError):  # miss mode, server down: nothing to store in
+            return (yield from _plan_load(repo, key, bkey, loader))
         if found is not None:
             return found
-        (locked,) = yield [Command("add", lock, token, ttl=lock_ttl)]
+        (locked,) = yield [Add(lock, token, lock_ttl)]
         if isinstance(locked, BackendError) and _miss_mode(repo):
             # The lock cannot be taken: load without it, as after `wait`.
-            return (yield from _plan_store_loaded(repo, _load(repo, key, bkey, loader)))
+            return (yield from _plan_load_and_store(repo, key, bkey, loader))
         if _check(locked):
-            try:
-                # Another caller may have stored it between our read and our lock.
-                found = yield from _plan_read_valid(repo, bkey, key)
-                if found is not None and not isinstance(found, BackendError):
-                    return found
-                return (yield from _plan_store_loaded(repo, _load(repo, key, bkey, loader)))
-            finally:
-                yield from _plan_release(lock, token)
+            return (yield from _plan_load_locked(repo, key, bkey, loader, (lock, token)))
         if time.monotonic() >= deadline:
             logger.warning(
                 "get_or_load %s %r: lock holder still busy after %.1fs; loading without the lock",
-                schema.name,
+                repo.schema.name,
                 key,
                 wait,
             )
-            return (yield from _plan_store_loaded(repo, _load(repo, key, bkey, loader)))
-        time.sleep(min(0.05, 0.002 * 2**attempt))
+            return (yield from _plan_load_and_store(repo, key, bkey, loader))
+        yield Sleep(min(0.05, 0.002 * 2 ** min(attempt, 5)))  # capped: 2**attempt would overflow
         attempt += 1
+
+
+def _plan_load_locked(
+    repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R], lock: tuple[bytes, bytes]
+) -> Plan[R]:
+    """Holding ``lock`` (key, token): load and store the record, then release the lock."""
+    try:
+        # Another caller may have stored it between our read and our lock.
+        found = yield from _plan_read_valid(repo, bkey, key)
+        if found is not None and not isinstance(found, BackendError):
+            return found
+        return (yield from _plan_load_and_store(repo, key, bkey, loader))
+    finally:
+        yield from _plan_release(*lock)
 
 
 def _check_lock_settings(lock_ttl: object, wait: object) -> None:
     """Refuse a ``lock_ttl`` that would never expire and a ``wait`` below zero."""
-    if isinstance(lock_ttl, bool) or not isinstance(lock_ttl, int) or lock_ttl < 1:
+    if not is_int(lock_ttl) or lock_ttl < 1:
         raise ValidationError(
             f"lock_ttl must be a positive int of seconds, got {lock_ttl!r}: it is how long "
             "a crashed loader's lock blocks the key (0 would block it forever)"
         )
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+    if not (is_int(wait) or isinstance(wait, float)) or not wait >= 0:
         raise ValidationError(f"wait must be a number of seconds >= 0, got {wait!r}")
 
 
-def _load(repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R]) -> R:
-    """``loader(key)``, prepared, checked to be the record of ``key``.
+def _plan_load(repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R]) -> Plan[R]:
+    """``loader(key)``, called by the driver, prepared, checked to be the record of ``key``.
 
     Raises:
         ValidationError: the loader returned something that is not a record of
             the schema, or the record of another key (nothing is stored).
     """
     schema = repo.schema
-    record = schema.prepare(loader(key))
+    record = schema.prepare((yield from invoke(loader, key)))
     found = schema.key_of(record)
     if found != key and not _same_key(repo, found, bkey):
         name = getattr(loader, "__qualname__", None) or repr(loader)
@@ -494,8 +712,11 @@ def _load(repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R]) -> R:
     return record
 
 
-def _plan_store_loaded(repo: Repo[R, K], record: R) -> Plan[R]:
-    """Store a loaded, prepared record; in miss mode an outage returns it unstored."""
+def _plan_load_and_store(
+    repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R]
+) -> Plan[R]:
+    """Load the record and store it; in miss mode an outage returns it unstored."""
+    record = yield from _plan_load(repo, key, bkey, loader)
     try:
         (stored,) = yield from _plan_write(repo, [record], False)
     except BackendError:
@@ -513,7 +734,7 @@ def _plan_read_valid(repo: Repo[R, K], bkey: bytes, key: K) -> Plan[R | BackendE
         that kept the read from reaching the server.
     """
     try:
-        (raw,) = yield [Command("get", bkey)]
+        (raw,) = yield [Get(bkey)]
     except DecodeError:
         raw = None  # the store cannot hand back bytes (a Redis key of another type)
     if isinstance(raw, BackendError) and _miss_mode(repo):
@@ -533,11 +754,11 @@ def _plan_read_valid(repo: Repo[R, K], bkey: bytes, key: K) -> Plan[R | BackendE
 
 def _plan_release(lock: bytes, token: bytes) -> Plan[None]:
     """Delete the stampede lock only if we still own it."""
-    (got,) = yield [Command("gets", lock)]
+    (got,) = yield [Gets(lock)]
     if got is not None and not isinstance(got, BaseException):
         value, cas_token = _as_pair(got)
         if value == token:
-            yield [Command("delete_if", lock, token=cas_token)]
+            yield [DeleteIf(lock, cas_token)]
     return None
 
 
@@ -555,200 +776,3 @@ def _as_pair(value: object) -> tuple[bytes, object]:
     assert isinstance(value, tuple), value
     raw, token = value
     return _as_bytes(raw), token
-
-
-# --------------------------------------------------------------------------- public API
-#
-# With on_backend_error="miss" (see Repo), reads degrade during an outage and
-# writes do not: the Raises sections below name BackendError for the calls
-# that raise it in both modes.
-
-
-def insert(repo: Repo[R, K], record: R, /) -> R:
-    """Store a record (insert or overwrite) and return it as stored.
-
-    Defaults are applied and an ``AutoField`` key is assigned when it is ``None``.
-
-    Raises:
-        ValidationError: the record is not of the repo's type or a value cannot be stored.
-        BackendError: the server is unreachable; in either ``on_backend_error``
-            mode, as the record was not stored.
-    """
-    return run_one(repo.backend, plan_insert(repo, record), _miss_mode(repo))
-
-
-def insert_many(repo: Repo[R, K], records: Iterable[R], /) -> list[R]:
-    """Store several records in one round trip; return them as stored, in order.
-
-    Raises:
-        ValidationError: a record cannot be stored (nothing is written).
-        BackendError: a write did not reach its server, in either
-            ``on_backend_error`` mode (on a pool, records on healthy nodes are stored).
-    """
-    return run_one(repo.backend, plan_insert_many(repo, records), _miss_mode(repo))
-
-
-def add(repo: Repo[R, K], record: R, /) -> R:
-    """Store a record only if its key is absent (atomically).
-
-    Raises:
-        AlreadyExists: a record with that key is already stored.
-        BackendError: the server is unreachable, in either ``on_backend_error`` mode.
-    """
-    return run_one(repo.backend, plan_insert(repo, record, only_new=True), _miss_mode(repo))
-
-
-def get(repo: Repo[R, K], key: K, /) -> R:
-    """Return the record stored under ``key``.
-
-    Raises:
-        NotFound: no record under ``key`` (a ``LookupError``); also during an
-            outage with ``on_backend_error="miss"``.
-        DecodeError: the stored bytes are not a valid record of this schema, or
-            are the record of another key or namespace (copied there).
-        BackendError: the server is unreachable (``on_backend_error="raise"``).
-    """
-    return run_one(repo.backend, plan_get(repo, key), _miss_mode(repo))
-
-
-def get_or_none(repo: Repo[R, K], key: K, /) -> R | None:
-    """Return the record stored under ``key``, or ``None``.
-
-    With ``on_backend_error="miss"`` an outage returns ``None``.
-
-    Raises:
-        DecodeError: as for :func:`get`.
-        BackendError: the server is unreachable (``on_backend_error="raise"``).
-    """
-    plan = plan_get_or_none(repo, key)
-    return run_one(repo.backend, plan, _miss_mode(repo))
-
-
-def get_many(repo: Repo[R, K], keys: Iterable[K], /) -> list[R | None]:
-    """Return the records in key order, ``None`` where missing, in one round trip.
-
-    With ``on_backend_error="miss"`` a key whose server is down is ``None``
-    (on a pool, keys on healthy nodes are still served).
-
-    Raises:
-        DecodeError: as for :func:`get`.
-        BackendError: a key's server is unreachable (``on_backend_error="raise"``).
-    """
-    return run_one(repo.backend, plan_get_many(repo, keys), _miss_mode(repo))
-
-
-def exists(repo: Repo[R, K], key: K, /) -> bool:
-    """Return whether a record is stored under ``key``.
-
-    With ``on_backend_error="miss"`` an outage returns ``False``.
-    """
-    return run_one(repo.backend, plan_exists(repo, key), _miss_mode(repo))
-
-
-def update(repo: Repo[R, K], key: K, /, **changes: object) -> R:
-    """Change only the named fields of a stored record, atomically; return the new record.
-
-    Concurrent writers never lose each other's changes: the write is a
-    compare-and-set retried on conflict. The record's remaining TTL is kept
-    unless the repo has ``refresh_ttl_on_update=True``.
-
-    Raises:
-        NotFound: no record under ``key`` (nothing is created).
-        ValidationError: an unknown field or a value its field cannot store.
-        DecodeError: as for :func:`get`.
-        ConflictError: still conflicting after ``MAX_CAS_ATTEMPTS`` attempts.
-        BackendError: the server is unreachable, in either ``on_backend_error``
-            mode: nothing was written.
-    """
-    return run_one(repo.backend, plan_update(repo, key, changes), _miss_mode(repo))
-
-
-def modify(repo: Repo[R, K], key: K, fn: Callable[[R], R], /) -> R:
-    """Replace the record under ``key`` by ``fn(old)`` atomically; return the new record.
-
-    ``fn`` may be called more than once under contention; it must be pure.
-
-    Raises:
-        NotFound, DecodeError, ConflictError, BackendError: as for :func:`update`.
-    """
-    return run_one(repo.backend, plan_modify(repo, key, fn), _miss_mode(repo))
-
-
-def update_many(repo: Repo[R, K], changes: Mapping[K, Mapping[str, object]], /) -> list[R | None]:
-    """Apply ``{key: {field: value}}`` atomically per record; ``None`` where missing.
-
-    All reads go in one round trip and all writes in another. Every change is
-    validated before anything is read, so a bad one writes nothing.
-
-    Raises:
-        ValidationError: a bad key or change (nothing is written).
-        BackendError: a record's server is unreachable, in either
-            ``on_backend_error`` mode (records on healthy nodes are updated).
-    """
-    return run_one(repo.backend, plan_update_many(repo, changes), _miss_mode(repo))
-
-
-def replace(repo: Repo[R, K], record: R, /) -> R:
-    """Overwrite an existing record.
-
-    Raises:
-        NotFound: no record with that key is stored.
-        BackendError: the server is unreachable, in either ``on_backend_error`` mode.
-    """
-    return run_one(repo.backend, plan_replace(repo, record), _miss_mode(repo))
-
-
-def delete(repo: Repo[R, K], key: K, /) -> bool:
-    """Delete the record under ``key``; return whether it existed.
-
-    Raises:
-        BackendError: the server is unreachable, in either ``on_backend_error``
-            mode: a delete is never skipped silently, as the old value would be
-            served again once the server answers.
-    """
-    return run_one(repo.backend, plan_delete(repo, key), _miss_mode(repo))
-
-
-def delete_many(repo: Repo[R, K], keys: Iterable[K], /) -> int:
-    """Delete several records in one round trip; return how many existed.
-
-    Raises:
-        BackendError: as for :func:`delete` (keys on healthy nodes are deleted).
-    """
-    return run_one(repo.backend, plan_delete_many(repo, keys), _miss_mode(repo))
-
-
-def get_or_load(
-    repo: Repo[R, K],
-    key: K,
-    loader: Callable[[K], R],
-    /,
-    *,
-    lock_ttl: int = 10,
-    wait: float = 10.0,
-) -> R:
-    """Return the stored record, or load, store and return it on a miss.
-
-    On a miss exactly one caller (across threads and processes sharing the
-    backend) runs ``loader(key)``: it takes a short-lived lock key with an atomic
-    ``add``, and only the owner releases it. Others poll for the stored result
-    for up to ``wait`` seconds, then load it themselves. An exception from
-    ``loader`` reaches its caller and releases the lock. A payload that cannot
-    be decoded (or holds another key's record) counts as a miss and is
-    overwritten.
-
-    With ``on_backend_error="miss"``, when the server is down the loader is
-    called and its record returned without being stored; when only the lock
-    cannot be taken, the record is loaded without the lock.
-
-    Args:
-        lock_ttl: seconds after which a crashed owner's lock expires (``>= 1``).
-        wait: seconds a caller waits for another caller's load (``>= 0``).
-
-    Raises:
-        ValidationError: the loader returned the record of another key (nothing
-            is stored), or an illegal ``lock_ttl``/``wait``.
-        BackendError: the server is unreachable (``on_backend_error="raise"``).
-    """
-    plan = plan_get_or_load(repo, key, loader, lock_ttl, wait)
-    return run_one(repo.backend, plan, _miss_mode(repo))

@@ -1,31 +1,136 @@
-"""Runs plans against backends: one round trip per backend and phase.
+"""Runs plans: one round trip per backend and phase, waits and user code on the driver.
 
-Every public function is written once, as a *plan*: a generator that yields the
-storage :class:`~cacheorm.backends.base.Command` list it needs next, receives
-their results, and finally returns the function's result. A direct call such
-as ``co.get`` drives one plan (:func:`run_one`); ``co.execute`` drives many at
-once (:func:`run_many`), merging each phase's commands per backend into one
-call. Both paths run the same plan code, so they cannot drift apart.
+Every public function is declared once, in :mod:`cacheorm.crud`, as a *plan*
+(see :func:`declare`): a generator that yields the *steps* it needs next and
+finally returns the function's result. A step is
+
+* a phase: the list of storage :data:`~cacheorm.backends.base.Command` values
+  to send, answered with the list of their results, in order;
+* :class:`Sleep`: wait that long (a compare-and-set backoff, polling a
+  stampede lock), answered with ``[]``;
+* :class:`Call`: run user code (a loader, a ``modify`` function), answered
+  with ``[result]``; an exception it raises is thrown into the plan at that
+  ``yield``, so the plan cleans up (``get_or_load`` releases its lock) as if
+  it had called the function itself.
+
+A plan never sleeps, calls user code or does I/O itself (it may read the clock
+and draw random numbers), so any driver runs it. The drivers here are
+synchronous: a direct call such as ``co.get`` drives one plan (:func:`run_one`);
+``co.execute`` drives many at once (:func:`run_many`), merging each phase's
+commands per backend into one call; :func:`plan_all` runs plans in lockstep as
+one plan. All of them run the same plan code, so they cannot drift apart.
+
+An asynchronous driver runs the very same plans and differs only where it
+carries out a step; instructions are plain values, matched as here::
+
+    answer: list[object] | BaseException | None = None  # None: start the plan
+    while True:  # ends with the StopIteration that carries the plan's result
+        step = _resume(plan, answer)
+        try:
+            match step:
+                case Sleep(seconds):
+                    await asyncio.sleep(seconds)
+                    answer = []
+                case Call(fn):
+                    result = fn()
+                    if inspect.isawaitable(result):  # a coroutine loader or modify fn
+                        result = await result
+                    answer = [result]
+                case commands:
+                    answer = await async_dispatch(backend, commands)
+        except BaseException as err:  # CancelledError too: the plan releases its lock
+            answer = err
+
+and an async :func:`run_many` carries out :func:`_forward`'s instructions the
+same way. An async module derives its coroutine functions from
+:data:`DECLARED` (``Callable[P, T]`` to ``Callable[P, Awaitable[T]]``), as
+:func:`declare` derives the sync ones and :func:`cacheorm.ops.op` the op
+builders; only ``modify`` and ``get_or_load``, whose callables may there be
+coroutine functions, need signatures of their own.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
-from typing import ClassVar, Final, NamedTuple, TypeAlias, TypeVar
+from collections.abc import Callable, Generator, Hashable, Sequence
+from typing import (
+    ClassVar,
+    Concatenate,
+    Final,
+    NamedTuple,
+    Never,
+    ParamSpec,
+    TypeAlias,
+    TypeVar,
+    assert_never,
+    cast,
+)
+
+from typing_extensions import TypeVar as TypeVarWithDefault
 
 from cacheorm.backends.base import Backend, Command, apply
 from cacheorm.errors import BackendError, CacheORMError
+from cacheorm.repo import Repo
 
-__all__ = ["Job", "Outage", "Plan", "plan_all", "run_many", "run_one"]
+__all__ = [
+    "DECLARED",
+    "Call",
+    "Declared",
+    "Job",
+    "Outage",
+    "Plan",
+    "Sleep",
+    "Step",
+    "declare",
+    "invoke",
+    "plan_all",
+    "run_many",
+    "run_one",
+]
 
 logger = logging.getLogger(__name__)
 
+A = TypeVar("A")
+P = ParamSpec("P")
+R = TypeVar("R")
 T = TypeVar("T")
-Plan: TypeAlias = Generator[list[Command], list[object], T]
-"""Yields the commands of a phase, receives their results in order, returns the result."""
+Y = TypeVar("Y")
+K = TypeVarWithDefault("K", default=Hashable)
+
+
+class Sleep(NamedTuple):
+    """An instruction: wait ``seconds``, then resume the plan with ``[]``."""
+
+    seconds: float
+
+
+class Call(NamedTuple):
+    """An instruction: run user code ``fn()`` and resume the plan with ``[result]``.
+
+    Build it with :func:`invoke`, which gives the plan the typed result. An
+    async driver awaits the result when it is awaitable (a coroutine function).
+    Whatever ``fn`` raises is thrown into the plan at its ``yield``.
+    """
+
+    fn: Callable[[], object]
+
+
+Instruction: TypeAlias = Sleep | Call
+Step: TypeAlias = list[Command] | Instruction
+"""What a plan yields: a phase of commands, or an instruction for its driver."""
+
+Plan: TypeAlias = Generator[Step, list[object], T]
+"""Yields steps, receives each one's answer (a phase's results in order), returns the result."""
+
+
+def invoke(fn: Callable[[A], T], arg: A) -> Plan[T]:
+    """Have the driver call user code: ``record = yield from invoke(loader, key)``."""
+    (result,) = yield Call(functools.partial(fn, arg))
+    return cast("T", result)  # the driver answers a Call with [fn(arg)]
 
 
 def dispatch(backend: Backend, commands: Sequence[Command]) -> list[object]:
@@ -121,15 +226,20 @@ class Outage:
                     down.probes[key] = None
                 while len(down.probes) > MAX_PROBES:
                     del down.probes[next(iter(down.probes))]
-        for server in ended:
-            logger.warning("cache server %s is available again", server)
-        for server in started:
-            logger.warning(
-                "cache server %s is unavailable; reads through on_backend_error='miss' "
-                "repos miss and writes raise until it answers: %s",
-                server,
-                first_error[server],
-            )
+        _log_outages(started, ended, first_error)
+
+
+def _log_outages(started: list[str], ended: list[str], errors: dict[str, BackendError]) -> None:
+    """One WARNING per server whose outage ended or started (with its first error)."""
+    for server in ended:
+        logger.warning("cache server %s is available again", server)
+    for server in started:
+        logger.warning(
+            "cache server %s is unavailable; reads through on_backend_error='miss' "
+            "repos miss and writes raise until it answers: %s",
+            server,
+            errors[server],
+        )
 
 
 MAX_PROBES: Final = 16
@@ -140,7 +250,7 @@ QUIET_SECONDS: Final = 30.0
 its outage (its own keys may not be asked for again)."""
 
 
-def call(backend: Backend, commands: Sequence[Command], miss_on_error: bool) -> list[object]:
+def send_phase(backend: Backend, commands: Sequence[Command], miss_on_error: bool) -> list[object]:
     """One phase on one backend: :func:`dispatch`, outages observed if ``miss_on_error``.
 
     With ``miss_on_error`` a call that failed as a whole with ``BackendError``
@@ -162,22 +272,57 @@ def call(backend: Backend, commands: Sequence[Command], miss_on_error: bool) -> 
     return results
 
 
+def _perform(plan: Generator[Y, list[object], object], step: Instruction) -> Y:
+    """Carry out an instruction synchronously; return the plan's next step.
+
+    Whatever the instruction raises (a loader's error, ``KeyboardInterrupt``
+    in a sleep) is thrown into the plan at its ``yield``, where it would have
+    been raised had the plan slept or called the function itself.
+    """
+    try:
+        match step:
+            case Sleep(seconds):
+                time.sleep(seconds)
+                answer: list[object] = []
+            case Call(fn):
+                answer = [fn()]
+            case _:
+                assert_never(step)
+    except BaseException as err:
+        return plan.throw(err)
+    return plan.send(answer)
+
+
+def _resume(
+    plan: Generator[Y, list[object], object], answer: list[object] | BaseException | None
+) -> Y:
+    """Start the plan (``None``), send it an answer, or throw it an error; its next step."""
+    if answer is None:
+        return next(plan)
+    if isinstance(answer, BaseException):
+        return plan.throw(answer)
+    return plan.send(answer)
+
+
 def run_one(backend: Backend, plan: Plan[T], miss_on_error: bool = False) -> T:
     """Drive one plan to completion against one backend and return its result.
 
     A failed call is thrown into the plan at its ``yield``, so the plan can
     clean up (``get_or_load`` releases its lock) before the error reaches the
-    caller.
+    caller; so is an exception raised by a :class:`Call`'s user code.
     """
     try:
-        commands = next(plan)
+        step = next(plan)
         while True:
-            try:
-                results = call(backend, commands, miss_on_error)
-            except CacheORMError as err:
-                commands = plan.throw(err)
+            if not isinstance(step, list):
+                step = _perform(plan, step)
                 continue
-            commands = plan.send(results)
+            try:
+                results = send_phase(backend, step, miss_on_error)
+            except CacheORMError as err:
+                step = plan.throw(err)
+                continue
+            step = plan.send(results)
     except StopIteration as stop:
         result: T = stop.value
         return result
@@ -192,7 +337,7 @@ class Job(NamedTuple):
     plan: Plan[object]
     miss_on_error: bool = False
     """The plan's repo has ``on_backend_error="miss"``: a call that fails as a
-    whole reaches the plan as an error in each slot (see :func:`call`)."""
+    whole reaches the plan as an error in each slot (see :func:`send_phase`)."""
     multi_phase: bool = False
     """The plan may take several phases (a read-modify-write, an auto key, a
     read-through): later plans touching its keys wait until it is done."""
@@ -213,7 +358,9 @@ def run_many(jobs: Sequence[Job]) -> list[object]:
 
     Each plan follows its own ``miss_on_error``: when a merged call fails as a
     whole, plans in miss mode receive the error in their slots, the others
-    have it thrown at their ``yield``.
+    have it thrown at their ``yield``. A plan's instructions are carried out
+    when it yields them (a ``get_or_load`` waiting for another caller's load
+    holds the other plans up meanwhile).
 
     Returns:
         Each plan's result in order, or the exception it raised.
@@ -224,85 +371,131 @@ def run_many(jobs: Sequence[Job]) -> list[object]:
     for i, job in enumerate(jobs):
         _advance(job.plan, i, None, pending, results)
     while pending:
-        blocked: set[tuple[int, bytes]] = set()
-        held: set[int] = set()  # backends with a plan held back in this phase
-        fenced: set[int] = set()  # backends behind an unfinished barrier
-        groups: dict[int, list[int]] = {}
-        for i in sorted(pending):
-            job = jobs[i]
-            where = id(job.backend)
-            keys = {(where, c.key) for c in pending[i]}
-            if job.multi_phase:
-                keys |= touched.setdefault(i, set())
-                touched[i] = keys
-            wait = where in fenced or bool(keys & blocked) or (job.barrier and where in held)
-            if job.barrier:
-                fenced.add(where)
-            if wait:
-                blocked |= keys  # held back: later plans on these keys wait too
-                held.add(where)
-                continue
-            if job.multi_phase:
-                blocked |= keys
-            groups.setdefault(where, []).append(i)
-        for members in groups.values():
-            backend = jobs[members[0]].backend
-            merged = [c for i in members for c in pending[i]]
-            whole: CacheORMError | None = None
-            try:
-                answers = dispatch(backend, merged)
-            except CacheORMError as err:
-                whole, answers = err, [err] * len(merged)
-            outage = whole is None or isinstance(whole, BackendError)
-            if outage and any(jobs[i].miss_on_error for i in members):
-                Outage.observe(backend, merged, answers)
-            pos = 0
-            for i in members:
-                n = len(pending.pop(i))
-                answer: list[object] | CacheORMError = answers[pos : pos + n]
-                # A failed call is thrown into each plan at its yield, except a
-                # BackendError into a miss-mode plan: that one sees it per slot.
-                if whole is not None and not (jobs[i].miss_on_error and outage):
-                    answer = whole
-                _advance(jobs[i].plan, i, answer, pending, results)
-                pos += n
+        for members in _next_phase(jobs, pending, touched).values():
+            _run_group(jobs, members, pending, results)
         for i in list(touched):
             if i not in pending:
                 del touched[i]
     return results
 
 
-def _advance(
-    plan: Plan[object],
-    i: int,
-    answer: list[object] | CacheORMError | None,
+def _next_phase(
+    jobs: Sequence[Job],
+    pending: dict[int, list[Command]],
+    touched: dict[int, set[tuple[int, bytes]]],
+) -> dict[int, list[int]]:
+    """The pending plans that go in this phase, grouped by backend (see :func:`run_many`)."""
+    blocked: set[tuple[int, bytes]] = set()
+    held: set[int] = set()  # backends with a plan held back in this phase
+    fenced: set[int] = set()  # backends behind an unfinished barrier
+    groups: dict[int, list[int]] = {}
+    for i in sorted(pending):
+        job = jobs[i]
+        where = id(job.backend)
+        keys = {(where, c.key) for c in pending[i]}
+        if job.multi_phase:
+            keys |= touched.setdefault(i, set())
+            touched[i] = keys
+        wait = where in fenced or bool(keys & blocked) or (job.barrier and where in held)
+        if job.barrier:
+            fenced.add(where)
+        if wait:
+            blocked |= keys  # held back: later plans on these keys wait too
+            held.add(where)
+            continue
+        if job.multi_phase:
+            blocked |= keys
+        groups.setdefault(where, []).append(i)
+    return groups
+
+
+def _run_group(
+    jobs: Sequence[Job],
+    members: list[int],
     pending: dict[int, list[Command]],
     results: list[object],
 ) -> None:
-    """Start the plan, send it its answers, or throw it its call's error."""
+    """One call with the merged commands of ``members`` (plans on one backend); advance them."""
+    backend = jobs[members[0]].backend
+    merged = [c for i in members for c in pending[i]]
+    whole: CacheORMError | None = None
     try:
-        if answer is None:
-            pending[i] = next(plan)
-        elif isinstance(answer, CacheORMError):
-            pending[i] = plan.throw(answer)
-        else:
-            pending[i] = plan.send(answer)
+        answers = dispatch(backend, merged)
+    except CacheORMError as err:
+        whole, answers = err, [err] * len(merged)
+    outage = whole is None or isinstance(whole, BackendError)
+    if outage and any(jobs[i].miss_on_error for i in members):
+        Outage.observe(backend, merged, answers)
+    pos = 0
+    for i in members:
+        n = len(pending.pop(i))
+        answer: list[object] | CacheORMError = answers[pos : pos + n]
+        # A failed call is thrown into each plan at its yield, except a
+        # BackendError into a miss-mode plan: that one sees it per slot.
+        if whole is not None and not (jobs[i].miss_on_error and outage):
+            answer = whole
+        _advance(jobs[i].plan, i, answer, pending, results)
+        pos += n
+
+
+def _forward(
+    plan: Plan[object],
+    i: int,
+    answer: list[object] | BaseException | None,
+    pending: dict[int, list[Command]],
+    results: list[object],
+) -> Generator[Instruction, list[object], None]:
+    """Advance plan ``i`` to its next phase (put in ``pending``) or its end (in ``results``).
+
+    Its instructions are yielded on, to whoever drives this generator, and
+    their answers (or errors) passed back to the plan.
+    """
+    try:
+        step = _resume(plan, answer)
+        while not isinstance(step, list):
+            try:
+                reply = yield step
+            except GeneratorExit:
+                raise
+            except BaseException as err:  # the instruction failed: the plan sees it at its yield
+                step = plan.throw(err)
+            else:
+                step = plan.send(reply)
+        pending[i] = step
     except StopIteration as stop:
         results[i] = stop.value
     except Exception as err:  # per-op errors: a hook or loader may raise anything
         results[i] = err
 
 
+def _advance(
+    plan: Plan[object],
+    i: int,
+    answer: list[object] | BaseException | None,
+    pending: dict[int, list[Command]],
+    results: list[object],
+) -> None:
+    """:func:`_forward` with its instructions carried out here and now."""
+    steps = _forward(plan, i, answer, pending, results)
+    try:
+        step = next(steps)
+        while True:
+            step = _perform(steps, step)
+    except StopIteration:
+        return
+
+
 def plan_all(plans: Sequence[Plan[T]]) -> Plan[list[T | Exception]]:
     """Run several plans in lockstep as one plan: each phase merges their commands.
 
     The plans must touch distinct keys. A plan that raises has its exception in
-    its result slot; a failed call is thrown into every plan waiting on it.
+    its result slot; a failed call is thrown into every plan waiting on it. The
+    plans' instructions are passed on to the driver as they come.
     """
     results: list[object] = [None] * len(plans)
     pending: dict[int, list[Command]] = {}
     for i, plan in enumerate(plans):
-        _advance(plan, i, None, pending, results)
+        yield from _forward(plan, i, None, pending, results)
     while pending:
         order = sorted(pending)
         try:
@@ -310,11 +503,106 @@ def plan_all(plans: Sequence[Plan[T]]) -> Plan[list[T | Exception]]:
         except CacheORMError as err:
             for i in order:
                 del pending[i]
-                _advance(plans[i], i, err, pending, results)
+                yield from _forward(plans[i], i, err, pending, results)
             continue
         pos = 0
         for i in order:
             n = len(pending.pop(i))
-            _advance(plans[i], i, answers[pos : pos + n], pending, results)
+            yield from _forward(plans[i], i, answers[pos : pos + n], pending, results)
             pos += n
     return results  # type: ignore[return-value]  # each slot holds its plan's T or an error
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+class Declared(NamedTuple):
+    """A public function as :func:`declare` recorded it: its plan, and how ops run it."""
+
+    name: str
+    plan: Callable[..., Plan[object]]
+    """The plan factory, taking the function's own parameters."""
+    multi_phase: bool
+    """The plan may take several phases (see :attr:`Job.multi_phase`)."""
+    draws_keys: bool
+    """The plan draws ``AutoField`` keys if the repo's schema has one (see :attr:`Job.barrier`)."""
+    snapshot: Callable[[Never], object] | None
+    """What an op keeps of the argument after the repo, e.g. ``tuple`` for an iterable that
+    may be one-shot (it takes that parameter's declared type)."""
+
+
+DECLARED: dict[str, Declared] = {}
+"""Every declared public function by name, in declaration order (see :func:`declare`)."""
+
+
+def declare(
+    *,
+    multi_phase: bool = False,
+    draws_keys: bool = False,
+    snapshot: Callable[[Never], object] | None = None,
+) -> Callable[
+    [Callable[Concatenate[Repo[R, K], P], Plan[T]]], Callable[Concatenate[Repo[R, K], P], T]
+]:
+    """Declare a public function once, as its plan; the decorator returns the sync function.
+
+    The decorated function is the declaration: its parameters (the repo first,
+    positional-only), its docstring and its result ``Plan[T]`` are the public
+    function's. It must build its plan without raising (a generator function,
+    or a function returning another plan): arguments are checked when the plan
+    runs, so a bad one is an op's own error in ``co.execute``.
+
+    The returned function drives the plan against the repo's backend with
+    :func:`run_one` and returns ``T``; ``help()`` shows the declaration's
+    docstring and signature. The declaration is recorded in :data:`DECLARED`,
+    from which :func:`cacheorm.ops.op` derives the op builder (and an async
+    module its coroutine twin). For overloads, decorate each ``@overload``
+    item and the implementation alike (the implementation is recorded last).
+
+    Args:
+        multi_phase: the plan may take several phases (see :attr:`Job.multi_phase`).
+        draws_keys: the plan draws ``AutoField`` keys (see :attr:`Job.barrier`).
+        snapshot: applied by an op to the argument after the repo when the op
+            is built, e.g. ``tuple`` for an iterable that may be one-shot.
+    """
+
+    def wrap(
+        plan: Callable[Concatenate[Repo[R, K], P], Plan[T]],
+    ) -> Callable[Concatenate[Repo[R, K], P], T]:
+        name = plan.__name__
+        DECLARED[name] = Declared(name, plan, multi_phase, draws_keys, snapshot)
+        function = _driven(plan)
+        functools.update_wrapper(function, plan)
+        function.__dict__["__signature__"] = signature_of(plan, lambda result: result)
+        return function
+
+    return wrap
+
+
+def _driven(
+    plan: Callable[Concatenate[Repo[R, K], P], Plan[T]],
+) -> Callable[Concatenate[Repo[R, K], P], T]:
+    """The synchronous function that drives ``plan`` against its repo's backend."""
+    kinds = [parameter.kind for parameter in inspect.signature(plan).parameters.values()]
+    if kinds == [inspect.Parameter.POSITIONAL_ONLY] * 2:
+        # The common shape (get, insert, delete, ...) without *args packing, which
+        # costs a measurable share of a get from memory.
+        plan_of_one = cast("Callable[[Repo[R, K], object], Plan[T]]", plan)
+
+        def driven_one(repo: Repo[R, K], arg: object, /) -> T:
+            return run_one(repo.backend, plan_of_one(repo, arg), repo.on_backend_error == "miss")
+
+        return cast("Callable[Concatenate[Repo[R, K], P], T]", driven_one)
+
+    def driven(repo: Repo[R, K], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return run_one(repo.backend, plan(repo, *args, **kwargs), repo.on_backend_error == "miss")
+
+    return driven
+
+
+def signature_of(plan: Callable[..., object], result: Callable[[str], str]) -> inspect.Signature:
+    """A declaration's signature, its ``Plan[T]`` result shown as ``result("T")`` (for help())."""
+    signature = inspect.signature(plan)
+    returns = signature.return_annotation
+    if isinstance(returns, str) and returns.startswith("Plan[") and returns.endswith("]"):
+        return signature.replace(return_annotation=result(returns[len("Plan[") : -1]))
+    return signature

@@ -11,9 +11,10 @@ a tuple of bound methods once and call them on the hot path without lookups:
   rules :meth:`Field.prepare` enforces, by calling the same checks (a stored
   ``inf``, an integer past 64 bits or ``Decimal("NaN")`` is refused on read,
   not served and then refused by every update). It raises ``TypeError`` /
-  ``ValueError`` for data it cannot accept (:class:`FieldLoadError` when the
-  culprit is deeper inside the value); the schema wraps them in
-  :class:`cacheorm.DecodeError` naming the schema, key and field.
+  ``ValueError`` for data it cannot accept (:class:`cacheorm.errors.FieldLoadError`,
+  a :class:`cacheorm.DecodeError`, when the culprit is deeper inside the
+  value); the schema wraps them in :class:`cacheorm.DecodeError` naming the
+  schema, key and field.
 
 Fields know nothing of JSON, msgpack or Redis: ``load(dump(prepare(v)))`` is
 the same value under every serializer. Fields are frozen dataclasses, so they
@@ -32,9 +33,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
-from cacheorm.errors import SchemaError, ValidationError
+from cacheorm.backends.base import INT64_MAX, INT64_MIN, is_int
+from cacheorm.errors import FieldLoadError, FieldValidationError, SchemaError, ValidationError
 from cacheorm.serializers.base import Primitive
 
 __all__ = [
@@ -47,6 +49,8 @@ __all__ = [
     "DictField",
     "EnumField",
     "Field",
+    # The field errors live in cacheorm.errors; still importable from here,
+    # where they were first defined.
     "FieldLoadError",
     "FieldValidationError",
     "FloatField",
@@ -65,19 +69,17 @@ T_co = TypeVar("T_co", covariant=True)
 E = TypeVar("E", bound=enum.Enum)
 S = TypeVar("S")
 
-# Signed 64-bit: what msgpack, protobuf int64 and most JSON readers carry
-# exactly. Enforced so a value that one serializer stores is storable by all.
-_INT_MIN = -(2**63)
-_INT_MAX = 2**63 - 1
-
 
 def _tname(value: object) -> str:
     return type(value).__name__
 
 
 def _check_int64(value: int) -> int:
-    """The signed 64-bit rule of every integer a field stores."""
-    if _INT_MIN <= value <= _INT_MAX:
+    """The signed 64-bit rule of every integer a field stores.
+
+    Enforced so that a value one serializer stores is storable by all.
+    """
+    if INT64_MIN <= value <= INT64_MAX:
         return value
     # A huge int cannot even be printed (int max str digits): give its size.
     shown = value if value.bit_length() <= 128 else f"of {value.bit_length()} bits"
@@ -175,7 +177,9 @@ class IntegerField(Field[int]):
         return True
 
     def prepare(self, value: object) -> int:
-        if type(value) is int or (isinstance(value, int) and not isinstance(value, bool)):
+        if type(value) is int:  # the common case, without a call
+            return _check_int64(value)
+        if is_int(value):
             return _check_int64(int(value))
         raise ValidationError(f"expected int, got {_tname(value)}")
 
@@ -211,7 +215,7 @@ class FloatField(Field[float]):
     def prepare(self, value: object) -> float:
         if isinstance(value, float):
             return _check_finite(float(value))
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return _int_to_float(value)
         raise ValidationError(f"expected float, got {_tname(value)}")
 
@@ -310,7 +314,7 @@ class DecimalField(Field[Decimal]):
     def prepare(self, value: object) -> Decimal:
         if isinstance(value, Decimal):
             result = value
-        elif isinstance(value, int) and not isinstance(value, bool):
+        elif is_int(value):
             result = Decimal(value)
         else:
             hint = " (floats are inexact: pass Decimal(str(x)))" if isinstance(value, float) else ""
@@ -554,62 +558,6 @@ class EnumField(Field[E]):
         raise ValueError(f"{data!r} is not a value of {self.enum_type.__name__}")
 
 
-class FieldValidationError(ValidationError):
-    """A :class:`ValidationError` that knows where in the record it happened.
-
-    Attributes:
-        path: field names and ``[index]`` steps from the record to the value.
-        reason: what is wrong with the value.
-    """
-
-    def __init__(self, path: tuple[str, ...], reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"{_format_path(path)}: {reason}")
-
-
-def _format_path(path: tuple[str, ...]) -> str:
-    return "".join(
-        step if step.startswith("[") or not i else "." + step for i, step in enumerate(path)
-    )
-
-
-def _prefix_error(err: ValidationError, step: str) -> FieldValidationError:
-    if isinstance(err, FieldValidationError):
-        return FieldValidationError((step, *err.path), err.reason)
-    return FieldValidationError((step,), str(err))
-
-
-class FieldLoadError(ValueError):
-    """A stored value cannot become the field's value; :attr:`path` says where.
-
-    Raised by :meth:`Field.load` of containers and nested records, so the
-    :class:`cacheorm.DecodeError` a read raises names the culprit
-    (``Note.tags[2]``), not only the field.
-
-    Attributes:
-        path: field names and ``[index]`` steps from the field to the value.
-        reason: what is wrong with the value.
-    """
-
-    def __init__(self, path: tuple[str, ...], reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"{self.where}: {reason}" if path else reason)
-
-    @property
-    def where(self) -> str:
-        """The path as written in code (``tags[2].label``), or ``"payload"``."""
-        return _format_path(self.path) if self.path else "payload"
-
-    @classmethod
-    def at(cls, step: str, err: Exception) -> FieldLoadError:
-        """``err``, raised by the value at ``step``, as seen from one level up."""
-        if isinstance(err, FieldLoadError):
-            return cls((step, *err.path), err.reason)
-        return cls((step,), str(err) or type(err).__name__)
-
-
 @dataclass(frozen=True, slots=True)
 class ListField(Field[list[S]]):
     """A list of values of ``item``; a ``tuple`` is accepted and stored as a list.
@@ -629,7 +577,7 @@ class ListField(Field[list[S]]):
             try:
                 out.append(prepare(element))
             except ValidationError as err:
-                raise _prefix_error(err, f"[{index}]") from err
+                raise FieldValidationError.at(f"[{index}]", err) from err
         return out
 
     def dump(self, value: object) -> Primitive:
@@ -671,7 +619,7 @@ class DictField(Field[dict[str, S]]):
             try:
                 out[_check_text(key)] = prepare(element)
             except ValidationError as err:
-                raise _prefix_error(err, f"[{key!r}]") from err
+                raise FieldValidationError.at(f"[{key!r}]", err) from err
         return out
 
     def dump(self, value: object) -> Primitive:
@@ -801,3 +749,19 @@ class NullableField(Field[S | None]):
 
     def load(self, data: Primitive) -> S | None:
         return None if data is None else self.inner.load(data)
+
+
+SIMPLE_FIELDS: Mapping[object, Callable[[], Field[object]]] = {
+    str: StringField,
+    int: IntegerField,
+    float: FloatField,
+    bool: BooleanField,
+    bytes: BinaryField,
+    Decimal: DecimalField,
+    dt.datetime: DateTimeField,
+    dt.date: DateField,
+    dt.time: TimeField,
+    uuid.UUID: UUIDField,
+    Any: JSONField,
+}
+"""The field rule of each plain annotation (``Schema`` infers fields from it)."""

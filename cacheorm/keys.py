@@ -215,8 +215,12 @@ class KeyCodec:
                 try:
                     prepare(part)
                 except ValidationError as err:
-                    raise ValidationError(f"{self._name} key field {field_name!r}: {err}") from err
+                    raise self._field_error(field_name, err) from err
             raise
+
+    def _field_error(self, field_name: str, err: ValidationError) -> ValidationError:
+        """A key value its field refused, named: ``Person key field 'name': ...``."""
+        return ValidationError(f"{self._name} key field {field_name!r}: {err}")
 
     def encode(self, key: object, namespace: str = "") -> bytes:
         """The backend key for ``key`` in ``namespace``.
@@ -234,9 +238,7 @@ class KeyCodec:
             try:
                 value = prepare(key)
             except ValidationError as err:
-                raise ValidationError(
-                    f"{self._name} key field {self._key_fields[0]!r}: {err}"
-                ) from err
+                raise self._field_error(self._key_fields[0], err) from err
             return (prefix + text(value)).encode("utf-8")
         return (prefix + self._body(self.values(key))).encode("utf-8")
 
@@ -246,44 +248,21 @@ class KeyCodec:
         return (prefix + self._counter_suffix).encode("utf-8")
 
 
-def _default_body(texts: tuple[Callable[[object], str], ...]) -> Callable[[Sequence[object]], str]:
+Body: TypeAlias = Callable[[Sequence[object]], str]
+"""Prepared key values -> the key body (the text after the header)."""
+
+
+def _default_body(texts: tuple[Callable[[object], str], ...]) -> Body:
     if len(texts) == 1:
         (text,) = texts
         return lambda values: text(values[0])
     return lambda values: ":".join([t(v) for t, v in zip(texts, values, strict=True)])
 
 
-def _format_body(
-    key_format: KeyFormat, key_fields: tuple[str, ...], name: str
-) -> Callable[
-    [
-        Sequence[object],
-    ],
-    str,
-]:
-    arity = len(key_fields)
+def _format_body(key_format: KeyFormat, key_fields: tuple[str, ...], name: str) -> Body:
+    """The body of a custom ``key_format``, checked to use every key field once."""
     if callable(key_format):
-        function = key_format
-
-        def call(values: Sequence[object]) -> str:
-            try:
-                result = function(*values)
-            except Exception as err:
-                raise ValidationError(f"{name} key_format callable failed: {err}") from err
-            if isinstance(result, bytes):
-                try:
-                    return result.decode("utf-8")
-                except UnicodeDecodeError as err:
-                    raise ValidationError(
-                        f"{name} key_format callable returned bytes that are not UTF-8"
-                    ) from err
-            if type(result) is str:
-                return result
-            raise ValidationError(
-                f"{name} key_format callable must return str or bytes, got {type(result).__name__}"
-            )
-
-        return call
+        return _callable_body(key_format, name)
     format_value: object = key_format  # checked at run time: callers may be untyped
     if not isinstance(format_value, str) or not key_format:
         raise SchemaError(
@@ -295,14 +274,40 @@ def _format_body(
         raise SchemaError(f"{name}: key_format {key_format!r} is malformed: {err}") from err
     if names:
         return _str_format_body(key_format, names, key_fields, name)
-    specs = [m for m in _PRINTF_SPEC.finditer(key_format) if m.group("conv") != "%"]
+    return _printf_body(key_format, key_fields, name)
+
+
+def _callable_body(function: Callable[..., str | bytes], name: str) -> Body:
+    def call(values: Sequence[object]) -> str:
+        try:
+            result = function(*values)
+        except Exception as err:
+            raise ValidationError(f"{name} key_format callable failed: {err}") from err
+        if isinstance(result, bytes):
+            try:
+                return result.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValidationError(
+                    f"{name} key_format callable returned bytes that are not UTF-8"
+                ) from err
+        if type(result) is str:
+            return result
+        raise ValidationError(
+            f"{name} key_format callable must return str or bytes, got {type(result).__name__}"
+        )
+
+    return call
+
+
+def _printf_body(fmt: str, key_fields: tuple[str, ...], name: str) -> Body:
+    arity = len(key_fields)
+    specs = [m for m in _PRINTF_SPEC.finditer(fmt) if m.group("conv") != "%"]
     if len(specs) != arity or any(m.group("name") is not None for m in specs):
         raise SchemaError(
-            f"{name}: key_format {key_format!r} must have exactly {arity} positional "
+            f"{name}: key_format {fmt!r} must have exactly {arity} positional "
             f"printf conversion(s) (%s, %d, ...) or {{field}} placeholders, one per key field "
             f"({', '.join(key_fields)})"
         )
-    fmt = key_format
 
     def printf(values: Sequence[object]) -> str:
         try:
@@ -317,7 +322,7 @@ def _format_body(
 
 def _str_format_body(
     key_format: str, names: list[str], key_fields: tuple[str, ...], name: str
-) -> Callable[[Sequence[object]], str]:
+) -> Body:
     positional = all(n == "" or n.isdigit() for n in names)
     if positional:
         needed = len(key_fields)

@@ -52,7 +52,6 @@ from mypy.types import (
     CallableType,
     FunctionLike,
     Instance,
-    NoneType,
     ProperType,
     TupleType,
     Type,
@@ -65,6 +64,9 @@ from mypy.types import (
     has_type_vars,
 )
 
+# The plugin module is cacheorm.mypy: importing it has imported cacheorm already.
+from cacheorm import crud
+
 __all__ = ["SCHEMA_FIELD", "plugin"]
 
 SCHEMA_FIELD = ErrorCode(
@@ -76,25 +78,15 @@ SCHEMA_FIELD = ErrorCode(
 
 _REPO = "cacheorm.repo.Repo"
 _SCHEMA = "cacheorm.schema.Schema"
-_UPDATE = frozenset({"cacheorm.crud.update", "cacheorm.ops.update"})
-_UPDATE_MANY = frozenset({"cacheorm.crud.update_many", "cacheorm.ops.update_many"})
+_MODULES = ("cacheorm.crud", "cacheorm.ops")  # each public function and its op builder
+_UPDATE = frozenset(f"{module}.update" for module in _MODULES)
+_UPDATE_MANY = frozenset(f"{module}.update_many" for module in _MODULES)
+# Every other public function (as cacheorm.crud declares them) binds R and K from its repo.
 _REPO_FIRST = frozenset(
-    f"cacheorm.{module}.{name}"
-    for module in ("crud", "ops")
-    for name in (
-        "add",
-        "delete",
-        "delete_many",
-        "exists",
-        "get",
-        "get_many",
-        "get_or_load",
-        "get_or_none",
-        "insert",
-        "insert_many",
-        "modify",
-        "replace",
-    )
+    f"{module}.{name}"
+    for module in _MODULES
+    for name in crud.__all__
+    if name not in ("update", "update_many")
 ) | {"cacheorm.repo.on"}
 
 
@@ -186,8 +178,30 @@ def _bind_repo(ctx: FunctionSigContext) -> CallableType:
         proper = get_proper_type(variable)
         if isinstance(proper, TypeVarType):
             env[proper.id] = value
+    if _is_key_fallback(formal, actual, sig):
+        # An overload for the default key type (Hashable), typing its key by the
+        # key given: with a known key type it is that key type's own signature.
+        key = get_proper_type(sig.arg_types[1])
+        assert isinstance(key, TypeVarType)
+        env[key.id] = actual.args[1]
+        sig = sig.copy_modified(arg_types=[actual, *sig.arg_types[1:]])
     bound = expand_type(sig, env)
     return bound.copy_modified(variables=[v for v in sig.variables if v.id not in env])
+
+
+def _is_key_fallback(formal: Instance, actual: Instance, sig: CallableType) -> bool:
+    """Whether ``sig`` is the ``Repo[R, Hashable]`` overload of a key-typed callback, and
+    the repo's key type is known (see ``get_or_load``)."""
+    formal_key = get_proper_type(formal.args[1])
+    actual_key = get_proper_type(actual.args[1])
+    return (
+        isinstance(formal_key, Instance)
+        and formal_key.type.fullname == "typing.Hashable"
+        and not isinstance(actual_key, AnyType)
+        and not (isinstance(actual_key, Instance) and actual_key.type.fullname == "typing.Hashable")
+        and len(sig.arg_types) > 1
+        and isinstance(get_proper_type(sig.arg_types[1]), TypeVarType)
+    )
 
 
 def _update_signature(ctx: FunctionSigContext) -> FunctionLike:
@@ -246,17 +260,6 @@ def _literal_names(expr: Expression) -> list[tuple[str, Expression]] | None:
     return None
 
 
-def _without_none(tp: Type) -> Type:
-    proper = get_proper_type(tp)
-    if isinstance(proper, UnionType):
-        kept = [item for item in proper.items if not isinstance(get_proper_type(item), NoneType)]
-        if len(kept) == 1:
-            return kept[0]
-        if kept and len(kept) != len(proper.items):
-            return UnionType.make_union(kept)
-    return tp
-
-
 def _formal_args(ctx: FunctionContext, name: str) -> list[Expression]:
     try:
         return ctx.args[ctx.callee_arg_names.index(name)]
@@ -273,6 +276,19 @@ def _schema_return(ctx: FunctionContext) -> Type:
     if fields is None:
         return ctx.default_return_type
     record_name = _record_name(default.args[0])
+    _check_option_names(ctx, fields, record_name)
+    key_args = _formal_args(ctx, "key")
+    names = _literal_names(key_args[0]) if len(key_args) == 1 else None
+    if names is None:
+        return ctx.default_return_type
+    key_type = _key_type(ctx, key_args[0], names, fields, record_name)
+    if not _inferred_key_stands(ctx, key_type, key_args[0]):
+        return ctx.default_return_type
+    return default.copy_modified(args=[default.args[0], key_type])
+
+
+def _check_option_names(ctx: FunctionContext, fields: dict[str, Type], record_name: str) -> None:
+    """Report a ``defaults=`` or ``fields=`` literal naming a field the record lacks."""
     known = ", ".join(fields)
     for option in ("defaults", "fields"):
         for arg in _formal_args(ctx, option):
@@ -285,54 +301,65 @@ def _schema_return(ctx: FunctionContext) -> Type:
                             item_key,
                             code=SCHEMA_FIELD,
                         )
-    key_args = _formal_args(ctx, "key")
-    names = _literal_names(key_args[0]) if len(key_args) == 1 else None
-    if names is None:
-        return ctx.default_return_type
+
+
+def _key_type(
+    ctx: FunctionContext,
+    key_arg: Expression,
+    names: list[tuple[str, Expression]],
+    fields: dict[str, Type],
+    record_name: str,
+) -> Type:
+    """The key type the named fields make (reporting a name the record lacks)."""
     key_types: list[Type] = []
     for name, expr in names:
         if name not in fields:
             ctx.api.fail(
-                f'Schema key "{name}" is not a field of {record_name}; its fields are {known}',
+                f'Schema key "{name}" is not a field of {record_name}; '
+                f"its fields are {', '.join(fields)}",
                 expr,
                 code=SCHEMA_FIELD,
             )
             key_types.append(AnyType(TypeOfAny.from_error))
         else:
-            key_types.append(_without_none(fields[name]))
-    key_type: Type
-    if isinstance(key_args[0], StrExpr) or len(key_types) == 1:
+            key_types.append(fields[name])  # an AutoField key stays `int | None`
+    if isinstance(key_arg, StrExpr) or len(key_types) == 1:
         # A one-field key is a scalar at run time, however it was spelt.
-        key_type = key_types[0]
-    else:
-        key_type = TupleType(
-            key_types,
-            ctx.api.named_generic_type("builtins.tuple", [UnionType.make_union(key_types)]),
-        )
+        return key_types[0]
+    return TupleType(
+        key_types,
+        ctx.api.named_generic_type("builtins.tuple", [UnionType.make_union(key_types)]),
+    )
+
+
+def _inferred_key_stands(ctx: FunctionContext, key_type: Type, key_arg: Expression) -> bool:
+    """Whether the inferred key type is the schema's: not when an annotation widens it
+    (``Hashable``, ``Any``) or contradicts it (reported)."""
     context = get_proper_type(ctx.api.type_context[-1]) if ctx.api.type_context else None
     if (
-        isinstance(context, Instance)
-        and context.type.fullname == _SCHEMA
-        and context.args
+        not isinstance(context, Instance)
+        or context.type.fullname != _SCHEMA
+        or not context.args
         # Nested in Repo(...), the context is Repo's own unsolved Schema[R, K].
-        and not has_type_vars(context.args[-1])
+        or has_type_vars(context.args[-1])
     ):
-        wanted = context.args[-1]
-        proper_wanted = get_proper_type(wanted)
-        # An annotation with the default K (Hashable) or Any deliberately widens the key.
-        if isinstance(proper_wanted, AnyType) or (
-            isinstance(proper_wanted, Instance) and proper_wanted.type.fullname == "typing.Hashable"
-        ):
-            return ctx.default_return_type
-        if not is_same_type(wanted, key_type):
-            ctx.api.fail(
-                f"the key of this Schema has type {_show(key_type)}, "
-                f"but the annotation says {_show(wanted)}",
-                key_args[0],
-                code=SCHEMA_FIELD,
-            )
-            return ctx.default_return_type
-    return default.copy_modified(args=[default.args[0], key_type])
+        return True
+    wanted = context.args[-1]
+    proper_wanted = get_proper_type(wanted)
+    # An annotation with the default K (Hashable) or Any deliberately widens the key.
+    if isinstance(proper_wanted, AnyType) or (
+        isinstance(proper_wanted, Instance) and proper_wanted.type.fullname == "typing.Hashable"
+    ):
+        return False
+    if not is_same_type(wanted, key_type):
+        ctx.api.fail(
+            f"the key of this Schema has type {_show(key_type)}, "
+            f"but the annotation says {_show(wanted)}",
+            key_arg,
+            code=SCHEMA_FIELD,
+        )
+        return False
+    return True
 
 
 def _record_name(record: Type) -> str:
@@ -351,6 +378,26 @@ def _show(tp: Type) -> str:
     return f'"{proper}"'
 
 
+def _named(
+    hook: Callable[[FunctionSigContext], FunctionLike], fullname: str
+) -> Callable[[FunctionSigContext], FunctionLike]:
+    """``hook``, its signature named after the function for mypy's messages.
+
+    An op builder is derived by assignment (``get = op(crud.get)``), which
+    leaves its signature nameless: messages would read "Argument 2 has ..."
+    rather than "Argument 2 to "get" has ...".
+    """
+    name = fullname.rpartition(".")[2]
+
+    def named(ctx: FunctionSigContext) -> FunctionLike:
+        sig = hook(ctx)
+        if isinstance(sig, CallableType) and sig.name is None:
+            return sig.copy_modified(name=name)
+        return sig
+
+    return named
+
+
 class CacheORMPlugin(Plugin):
     """Field-aware signatures for ``update``/``update_many`` and key inference for ``Schema``."""
 
@@ -358,11 +405,11 @@ class CacheORMPlugin(Plugin):
         self, fullname: str
     ) -> Callable[[FunctionSigContext], FunctionLike] | None:
         if fullname in _UPDATE:
-            return _update_signature
+            return _named(_update_signature, fullname)
         if fullname in _UPDATE_MANY:
-            return _update_many_signature
+            return _named(_update_many_signature, fullname)
         if fullname in _REPO_FIRST:
-            return _bind_repo
+            return _named(_bind_repo, fullname)
         return None
 
     def get_function_hook(self, fullname: str) -> Callable[[FunctionContext], Type] | None:

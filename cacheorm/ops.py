@@ -1,7 +1,9 @@
 """Pipelines as values: ``co.ops.<name>(...)`` describes a call, ``co.execute`` runs many.
 
-An op is an inert, frozen, hashable value: building one does nothing. ``execute``
-runs the same plans as the direct functions (see :mod:`cacheorm.engine`),
+An op is an inert, frozen, hashable value: building one does nothing. Each op
+builder is derived by :func:`op` from its function's one declaration in
+:mod:`cacheorm.crud`, so it takes the very same parameters. ``execute`` runs the
+same plans as the direct functions (see :mod:`cacheorm.engine`),
 grouping each phase's storage commands per backend, so a pipeline of reads and
 writes over several repos costs one round trip per backend and phase::
 
@@ -23,35 +25,21 @@ key it drew).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar, cast, overload
+import functools
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Concatenate, Generic, Literal, ParamSpec, TypeVar, cast, overload
 
 from typing_extensions import TypeVar as TypeVarWithDefault
 
 from cacheorm import crud
-from cacheorm.engine import Job, Plan, run_many
+from cacheorm.engine import DECLARED, Declared, Job, Plan, run_many, signature_of
 from cacheorm.repo import Repo
 
-__all__ = [
-    "Op",
-    "add",
-    "delete",
-    "delete_many",
-    "execute",
-    "exists",
-    "get",
-    "get_many",
-    "get_or_load",
-    "get_or_none",
-    "insert",
-    "insert_many",
-    "modify",
-    "replace",
-    "update",
-    "update_many",
-]
+__all__ = ["Op", "execute"]
+__all__ += crud.__all__  # one op builder per public function
 
+P = ParamSpec("P")
 R = TypeVar("R")
 K = TypeVarWithDefault("K", default=Hashable)
 T = TypeVar("T")
@@ -66,7 +54,7 @@ T_co = TypeVar("T_co", covariant=True)
 
 @dataclass(frozen=True, eq=True, repr=True)
 class Op(Generic[T_co]):
-    """One described call: the function's name, its repo and its arguments.
+    """One described call: the function's name, its repo and its other arguments.
 
     Equal ops compare equal; an op is hashable even when it carries a
     ``TypedDict`` record (the hash covers the name and the repo).
@@ -75,14 +63,20 @@ class Op(Generic[T_co]):
     name: str
     repo: Repo[object, object]
     args: tuple[object, ...]
+    kwargs: Mapping[str, object] = field(default_factory=dict)
 
     def __hash__(self) -> int:
         return hash((self.name, self.repo))
 
     @property
+    def declared(self) -> Declared:
+        """The declaration of the op's function (see :func:`cacheorm.engine.declare`)."""
+        return DECLARED[self.name]
+
+    @property
     def multi_phase(self) -> bool:
         """Whether the op may need several round trips (see :class:`cacheorm.engine.Job`)."""
-        return self.name in _MULTI_PHASE or self.barrier
+        return self.declared.multi_phase or self.barrier
 
     @property
     def barrier(self) -> bool:
@@ -91,108 +85,54 @@ class Op(Generic[T_co]):
         :func:`execute` runs it alone in order on its backend (see
         :attr:`cacheorm.engine.Job.barrier`), so later ops see the key it drew.
         """
-        return self.name in _INSERTS and self.repo.schema.auto_key
+        return self.declared.draws_keys and self.repo.schema.auto_key
 
     def plan(self) -> Plan[T_co]:
         """The plan that carries this op out (used by :func:`execute`)."""
-        return cast("Plan[T_co]", _PLANS[self.name](self.repo, *self.args))
+        plan = self.declared.plan(self.repo, *self.args, **self.kwargs)
+        return cast("Plan[T_co]", plan)  # the declaration's Plan[T] for this op's T
 
 
-_MULTI_PHASE = frozenset({"update", "modify", "update_many", "get_or_load"})
-_INSERTS = frozenset({"insert", "insert_many", "add"})
+def op(
+    function: Callable[Concatenate[Repo[R, K], P], T],
+) -> Callable[Concatenate[Repo[R, K], P], Op[T]]:
+    """The op builder of a public function: its very parameters, an :class:`Op` as result.
 
-_PLANS: dict[str, Callable[..., Plan[object]]] = {
-    "insert": crud.plan_insert,
-    "insert_many": crud.plan_insert_many,
-    "add": lambda repo, record: crud.plan_insert(repo, record, only_new=True),
-    "get": crud.plan_get,
-    "get_or_none": crud.plan_get_or_none,
-    "get_many": crud.plan_get_many,
-    "exists": crud.plan_exists,
-    "update": crud.plan_update,
-    "modify": crud.plan_modify,
-    "update_many": crud.plan_update_many,
-    "replace": crud.plan_replace,
-    "delete": crud.plan_delete,
-    "delete_many": crud.plan_delete_many,
-    "get_or_load": crud.plan_get_or_load,
-}
+    Building an op does nothing but record the arguments (the argument after
+    the repo as its declaration's ``snapshot`` says, e.g. keys as a tuple).
+    """
+    declared = DECLARED[function.__name__]
+    snapshot = cast("Callable[[object], object] | None", declared.snapshot)  # takes that argument
 
+    def build(repo: Repo[R, K], /, *args: P.args, **kwargs: P.kwargs) -> Op[T]:
+        kept = tuple(args)
+        if snapshot is not None and kept:
+            kept = (snapshot(kept[0]), *kept[1:])
+        return Op(declared.name, repo, kept, dict(kwargs))  # type: ignore[arg-type]  # Repo is invariant; ops only read it
 
-def _op(name: str, repo: Repo[R, K], *args: object) -> Op[T]:
-    return Op(name, repo, args)  # type: ignore[arg-type]  # Repo is invariant; ops only read it
-
-
-def insert(repo: Repo[R, K], record: R, /) -> Op[R]:
-    """Describe :func:`cacheorm.insert`."""
-    return _op("insert", repo, record)
+    functools.update_wrapper(build, function)
+    build.__module__ = __name__
+    build.__doc__ = (
+        f"Describe :func:`cacheorm.{declared.name}` as an :class:`Op` for :func:`execute`."
+    )
+    build.__dict__["__signature__"] = signature_of(declared.plan, lambda result: f"Op[{result}]")
+    return build
 
 
-def insert_many(repo: Repo[R, K], records: Iterable[R], /) -> Op[builtins.list[R]]:
-    """Describe :func:`cacheorm.insert_many`."""
-    return _op("insert_many", repo, tuple(records))
-
-
-def add(repo: Repo[R, K], record: R, /) -> Op[R]:
-    """Describe :func:`cacheorm.add`."""
-    return _op("add", repo, record)
-
-
-def get(repo: Repo[R, K], key: K, /) -> Op[R]:
-    """Describe :func:`cacheorm.get`."""
-    return _op("get", repo, key)
-
-
-def get_or_none(repo: Repo[R, K], key: K, /) -> Op[R | None]:
-    """Describe :func:`cacheorm.get_or_none`."""
-    return _op("get_or_none", repo, key)
-
-
-def get_many(repo: Repo[R, K], keys: Iterable[K], /) -> Op[builtins.list[R | None]]:
-    """Describe :func:`cacheorm.get_many`."""
-    return _op("get_many", repo, tuple(crud.key_list(keys)))
-
-
-def exists(repo: Repo[R, K], key: K, /) -> Op[bool]:
-    """Describe :func:`cacheorm.exists`."""
-    return _op("exists", repo, key)
-
-
-def update(repo: Repo[R, K], key: K, /, **changes: object) -> Op[R]:
-    """Describe :func:`cacheorm.update`."""
-    return _op("update", repo, key, changes)
-
-
-def modify(repo: Repo[R, K], key: K, fn: Callable[[R], R], /) -> Op[R]:
-    """Describe :func:`cacheorm.modify`."""
-    return _op("modify", repo, key, fn)
-
-
-def update_many(
-    repo: Repo[R, K], changes: Mapping[K, Mapping[str, object]], /
-) -> Op[builtins.list[R | None]]:
-    """Describe :func:`cacheorm.update_many`."""
-    return _op("update_many", repo, {k: dict(v) for k, v in changes.items()})
-
-
-def replace(repo: Repo[R, K], record: R, /) -> Op[R]:
-    """Describe :func:`cacheorm.replace`."""
-    return _op("replace", repo, record)
-
-
-def delete(repo: Repo[R, K], key: K, /) -> Op[bool]:
-    """Describe :func:`cacheorm.delete`."""
-    return _op("delete", repo, key)
-
-
-def delete_many(repo: Repo[R, K], keys: Iterable[K], /) -> Op[int]:
-    """Describe :func:`cacheorm.delete_many`."""
-    return _op("delete_many", repo, tuple(crud.key_list(keys)))
-
-
-def get_or_load(repo: Repo[R, K], key: K, loader: Callable[[K], R], /) -> Op[R]:
-    """Describe :func:`cacheorm.get_or_load`."""
-    return _op("get_or_load", repo, key, loader)
+add = op(crud.add)
+delete = op(crud.delete)
+delete_many = op(crud.delete_many)
+exists = op(crud.exists)
+get = op(crud.get)
+get_many = op(crud.get_many)
+get_or_load = op(crud.get_or_load)
+get_or_none = op(crud.get_or_none)
+insert = op(crud.insert)
+insert_many = op(crud.insert_many)
+modify = op(crud.modify)
+replace = op(crud.replace)
+update = op(crud.update)
+update_many = op(crud.update_many)
 
 
 # One overload pair per arity up to 6 ops: each op's result type joins the list's

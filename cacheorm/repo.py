@@ -10,7 +10,16 @@ import dataclasses
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Final, Generic, Literal, TypeAlias, TypeVar, get_args
+from typing import (
+    TYPE_CHECKING,
+    Final,
+    Generic,
+    Literal,
+    TypeAlias,
+    TypeVar,
+    get_args,
+    overload,
+)
 
 from typing_extensions import TypeVar as TypeVarWithDefault
 
@@ -22,10 +31,26 @@ from cacheorm.serializers.registry import resolve as resolve_serializer
 if TYPE_CHECKING:
     from cacheorm.schema import Schema
 
-__all__ = ["EVENTS", "NAMESPACE_FIELD", "Event", "Hook", "OnBackendError", "Repo", "on"]
+__all__ = [
+    "EVENTS",
+    "NAMESPACE_FIELD",
+    "AfterWrite",
+    "AfterWriteHook",
+    "BeforeWrite",
+    "BeforeWriteHook",
+    "DeleteEvent",
+    "DeleteHook",
+    "Event",
+    "Hook",
+    "Hooks",
+    "OnBackendError",
+    "Repo",
+    "on",
+]
 
 R = TypeVar("R")
 K = TypeVarWithDefault("K", default=Hashable)
+KH = TypeVar("KH", bound=Hashable)  # a handler's own key type, where the repo's is unknown
 
 Event: TypeAlias = Literal[
     "before_insert",
@@ -36,9 +61,26 @@ Event: TypeAlias = Literal[
     "after_delete",
 ]
 EVENTS: tuple[Event, ...] = get_args(Event)
+BeforeWrite: TypeAlias = Literal["before_insert", "before_update"]
+AfterWrite: TypeAlias = Literal["after_insert", "after_update"]
+DeleteEvent: TypeAlias = Literal["before_delete", "after_delete"]
+
+BeforeWriteHook: TypeAlias = Callable[["Repo[R, K]", R], "R | None"]
+"""``handler(repo, record)`` on ``before_insert``/``before_update``: returns a
+replacement record, or ``None`` to keep the record; raises to veto the write."""
+
+AfterWriteHook: TypeAlias = Callable[["Repo[R, K]", R], object]
+"""``handler(repo, record)`` on ``after_insert``/``after_update``, with the record
+as stored; what it returns is ignored."""
+
+DeleteHook: TypeAlias = Callable[["Repo[R, K]", K], object]
+"""``handler(repo, key)`` on ``before_delete``/``after_delete``; a ``before_delete``
+handler raises to veto the delete; what it returns is ignored."""
 
 Hook: TypeAlias = Callable[["Repo[R, K]", object], object]
-"""``handler(repo, record_or_key)``; a ``before_*`` hook may return a replacement or veto."""
+"""``handler(repo, record_or_key)`` for any event, its subject untyped: the form
+hooks had before they were typed per event; :func:`on` still accepts it, and a
+``before_*`` replacement it returns is checked at run time."""
 
 OnBackendError: TypeAlias = Literal["raise", "miss"]
 
@@ -57,6 +99,53 @@ def _default_backend() -> Backend:
     return MemoryBackend()
 
 
+_BACKEND_MEMBERS: Final = tuple(sorted(n for n in vars(Backend) if not n.startswith("_")))
+
+_WRAPPERS: Final = {"redis": "co.RedisBackend", "pymemcache": "co.MemcachedBackend"}
+"""A driver's client given as a backend, by the driver's top-level module: its wrapper."""
+
+
+def _check_backend(backend: object) -> None:
+    """Refuse what is not a :class:`Backend`, before a call fails half way through.
+
+    A redis-py or pymemcache client has some of the methods (``get``, ``set``)
+    but not the rest, so it would serve a ``get`` and then fail on ``get_many``.
+
+    Raises:
+        ValidationError: naming the wrapper to use for a driver's client, or the
+            members ``backend`` lacks.
+    """
+    # hasattr rather than isinstance(backend, Backend): Python 3.12 checks a
+    # runtime protocol with getattr_static, which refuses delegating proxies.
+    missing = [name for name in _BACKEND_MEMBERS if not hasattr(backend, name)]
+    if not missing:
+        return
+    kind = type(backend)
+    wrapper = _WRAPPERS.get(kind.__module__.partition(".")[0])
+    if wrapper is not None:
+        raise ValidationError(
+            f"backend= takes a cacheorm backend, not a {kind.__module__}.{kind.__qualname__} "
+            f"client; wrap the client: backend={wrapper}(client=...)"
+        )
+    raise ValidationError(
+        f"backend {backend!r} is not a co.Backend: it lacks {', '.join(missing)}; use "
+        "co.MemoryBackend, co.FileSystemBackend, co.RedisBackend, co.MemcachedBackend, "
+        "co.TieredBackend or a class implementing co.Backend"
+    )
+
+
+@dataclass(frozen=True)
+class Hooks(Generic[R, K]):
+    """A repo's hooks, by event, each in the order :func:`on` added them."""
+
+    before_insert: tuple[BeforeWriteHook[R, K], ...] = ()
+    before_update: tuple[BeforeWriteHook[R, K], ...] = ()
+    after_insert: tuple[AfterWriteHook[R, K], ...] = ()
+    after_update: tuple[AfterWriteHook[R, K], ...] = ()
+    before_delete: tuple[DeleteHook[R, K], ...] = ()
+    after_delete: tuple[DeleteHook[R, K], ...] = ()
+
+
 @dataclass(frozen=True, eq=True)
 class Repo(Generic[R, K]):
     """Where and how records of one schema are stored.
@@ -64,6 +153,10 @@ class Repo(Generic[R, K]):
     Args:
         schema: the record type, its key and field rules.
         backend: where bytes go; ``None`` means a new in-process ``MemoryBackend``.
+            Anything that is not a :class:`~cacheorm.Backend` is refused with
+            :class:`ValidationError`, a driver's own client (``redis.Redis``, a
+            pymemcache client) with the wrapper to put it in
+            (``co.RedisBackend(client=...)``, ``co.MemcachedBackend(client=...)``).
         serializer: a registered name (``"msgpack"``, ``"json"``, ``"pickle"``, or
             one you registered) or any object with ``dumps``/``loads``.
         ttl: seconds a written record lives; ``None`` = the backend's default,
@@ -71,7 +164,7 @@ class Repo(Generic[R, K]):
         namespace: prefix for every key, so two applications can share a server.
             Payloads also carry it where the serializer allows (see
             :attr:`marks_namespace`), so one copied between namespaces fails to decode.
-        hooks: ``(event, handler)`` pairs; add them with :func:`on`.
+        hooks: the handlers by event; add them with :func:`on`.
         on_backend_error: ``"raise"`` (default) raises :class:`BackendError` when the
             server is unreachable. ``"miss"`` lets *reads* degrade during an outage:
             ``get_or_none``, ``get_many`` and ``exists`` miss (``None``/``False``),
@@ -109,7 +202,7 @@ class Repo(Generic[R, K]):
     serializer: Serializer
     ttl: int | None
     namespace: str
-    hooks: tuple[tuple[Event, Hook[R, K]], ...]
+    hooks: Hooks[R, K]
     on_backend_error: OnBackendError
     refresh_ttl_on_update: bool
 
@@ -121,7 +214,7 @@ class Repo(Generic[R, K]):
         ttl: int | None = None,
         namespace: str = "",
         *,
-        hooks: tuple[tuple[Event, Hook[R, K]], ...] = (),
+        hooks: Hooks[R, K] | None = None,
         on_backend_error: OnBackendError = "raise",
         refresh_ttl_on_update: bool = False,
     ) -> None:
@@ -136,16 +229,15 @@ class Repo(Generic[R, K]):
             raise ValidationError(
                 f"on_backend_error must be 'raise' or 'miss', got {on_backend_error!r}"
             )
-        for event, _ in hooks:
-            if event not in EVENTS:
-                raise ValidationError(f"unknown hook event {event!r}; use one of {EVENTS}")
+        if backend is not None:
+            _check_backend(backend)
         setattr_ = object.__setattr__
         setattr_(self, "schema", schema)
         setattr_(self, "backend", _default_backend() if backend is None else backend)
         setattr_(self, "serializer", resolve_serializer(serializer))
         setattr_(self, "ttl", ttl)
         setattr_(self, "namespace", namespace)
-        setattr_(self, "hooks", tuple(hooks))
+        setattr_(self, "hooks", Hooks[R, K]() if hooks is None else hooks)
         setattr_(self, "on_backend_error", on_backend_error)
         setattr_(self, "refresh_ttl_on_update", refresh_ttl_on_update)
 
@@ -181,12 +273,38 @@ class Repo(Generic[R, K]):
             ),
         )
 
-    # Derived, cached per repo value: the hot path reads these instead of recomputing.
-    @cached_property
-    def handlers(self) -> dict[Event, tuple[Hook[R, K], ...]]:
-        """Hooks by event, in the order they were added."""
-        return {ev: tuple(h for e, h in self.hooks if e == ev) for ev in EVENTS}
+    # -- hooks: called by the plans of cacheorm.crud ---------------------------
 
+    def run_before_write(self, event: BeforeWrite, record: R) -> R:
+        """The record to write once the ``event`` hooks have run, in order.
+
+        Each handler sees the previous one's replacement, checked like any
+        written record (:meth:`Schema.prepare`).
+
+        Raises:
+            ValidationError: a replacement that is not a valid record.
+            Exception: whatever a handler raises to veto the write.
+        """
+        hooks = self.hooks
+        for handler in hooks.before_insert if event == "before_insert" else hooks.before_update:
+            replacement = handler(self, record)
+            if replacement is not None:
+                record = self.schema.prepare(replacement)
+        return record
+
+    def run_after_write(self, event: AfterWrite, record: R) -> None:
+        """Call the ``event`` hooks, in order, with the record as stored."""
+        hooks = self.hooks
+        for handler in hooks.after_insert if event == "after_insert" else hooks.after_update:
+            handler(self, record)
+
+    def run_delete_hooks(self, event: DeleteEvent, key: K) -> None:
+        """Call the ``event`` hooks, in order, with the key (``before_delete`` may veto)."""
+        hooks = self.hooks
+        for handler in hooks.before_delete if event == "before_delete" else hooks.after_delete:
+            handler(self, key)
+
+    # Derived, cached per repo value: the hot path reads these instead of recomputing.
     @cached_property
     def keyed_serializer(self) -> KeyedSerializer | None:
         """The serializer when it takes the storage key with each payload, else ``None``.
@@ -228,15 +346,69 @@ class Repo(Generic[R, K]):
         )
 
 
-def on(repo: Repo[R, K], event: Event, handler: Hook[R, K], /) -> Repo[R, K]:
+# One overload per kind of event, so a handler of the wrong shape is a type error.
+@overload
+def on(repo: Repo[R, K], event: BeforeWrite, handler: BeforeWriteHook[R, K], /) -> Repo[R, K]: ...
+@overload
+def on(repo: Repo[R, K], event: AfterWrite, handler: AfterWriteHook[R, K], /) -> Repo[R, K]: ...
+@overload
+def on(repo: Repo[R, K], event: DeleteEvent, handler: DeleteHook[R, K], /) -> Repo[R, K]: ...
+
+
+# A schema declared without annotation (and checked without the plugin) has the
+# key type Hashable: its handlers may still name the real key type,
+# ``def hook(repo: co.Repo[Person, str], record: Person) -> Person``.
+@overload
+def on(
+    repo: Repo[R, Hashable], event: BeforeWrite, handler: BeforeWriteHook[R, KH], /
+) -> Repo[R, Hashable]: ...
+@overload
+def on(
+    repo: Repo[R, Hashable], event: AfterWrite, handler: AfterWriteHook[R, KH], /
+) -> Repo[R, Hashable]: ...
+@overload
+def on(
+    repo: Repo[R, Hashable], event: DeleteEvent, handler: DeleteHook[R, KH], /
+) -> Repo[R, Hashable]: ...
+
+
+# A handler that takes any subject (``Hook``, the form before hooks were typed).
+@overload
+def on(repo: Repo[R, K], event: Event, handler: Hook[R, K], /) -> Repo[R, K]: ...
+
+
+def on(repo: Repo[R, K], event: Event, handler: Callable[..., object], /) -> Repo[R, K]:
     """Return a new repo that also calls ``handler`` on ``event``.
 
     ``handler(repo, subject)`` receives the record (``*_insert``, ``*_update``) or the
-    key (``*_delete``). A ``before_*`` handler may return a replacement record (or
-    ``None`` to keep it) and may raise to veto the write: nothing is written and the
-    exception reaches the caller. Hooks run for direct calls and pipelined ops alike,
-    once per record in batch calls.
+    key (``*_delete``). A ``before_insert``/``before_update`` handler may return a
+    replacement record (or ``None`` to keep it); any ``before_*`` handler may raise to
+    veto: nothing is written and the exception reaches the caller. Hooks run for
+    direct calls and pipelined ops alike, once per record in batch calls.
+
+    Typing: ``before_insert``/``before_update`` take a :data:`BeforeWriteHook`
+    ``(Repo[R, K], R) -> R | None``; ``after_insert``/``after_update`` an
+    :data:`AfterWriteHook` ``(Repo[R, K], R) -> object``; ``before_delete``/
+    ``after_delete`` a :data:`DeleteHook` ``(Repo[R, K], K) -> object``. A
+    :data:`Hook` ``(Repo[R, K], object) -> object`` suits any event.
+
+    Example:
+        >>> from typing import NamedTuple
+        >>> import cacheorm as co
+        >>> class Person(NamedTuple):
+        ...     name: str
+        ...     email: str = ""
+        >>> def stamp(repo: co.Repo[Person, str], person: Person) -> Person:
+        ...     return person._replace(email=f"{person.name.lower()}@example.com")
+        >>> people = co.on(co.Repo(co.Schema(Person, key="name")), "before_insert", stamp)
+        >>> co.insert(people, Person("Sam")).email
+        'sam@example.com'
+
+    Raises:
+        ValidationError: an unknown event.
     """
     if event not in EVENTS:
         raise ValidationError(f"unknown hook event {event!r}; use one of {EVENTS}")
-    return dataclasses.replace(repo, hooks=(*repo.hooks, (event, handler)))
+    hooks = repo.hooks
+    added = (*getattr(hooks, event), handler)
+    return dataclasses.replace(repo, hooks=dataclasses.replace(hooks, **{event: added}))

@@ -25,39 +25,31 @@ b'app/Person:Sam'
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import enum
 import types
 import typing
-import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from decimal import Decimal
 from operator import attrgetter, itemgetter
-from typing import Generic, NoReturn, TypeVar, cast, get_args, get_origin
+from typing import Generic, NamedTuple, NoReturn, TypeVar, cast, get_args, get_origin
 
 from typing_extensions import TypeVar as DefaultTypeVar
 
-from cacheorm.errors import DecodeError, SchemaError, ValidationError
+from cacheorm.backends.base import is_int
+from cacheorm.errors import (
+    DecodeError,
+    FieldLoadError,
+    FieldValidationError,
+    SchemaError,
+    ValidationError,
+)
 from cacheorm.fields import (
+    SIMPLE_FIELDS,
     AutoField,
-    BinaryField,
-    BooleanField,
-    DateField,
-    DateTimeField,
-    DecimalField,
     DictField,
     EnumField,
     Field,
-    FieldLoadError,
-    FieldValidationError,
-    FloatField,
-    IntegerField,
-    JSONField,
     ListField,
     NullableField,
-    StringField,
-    TimeField,
-    UUIDField,
 )
 from cacheorm.keys import KeyCodec, KeyFormat
 
@@ -78,20 +70,6 @@ class _Missing(enum.Enum):
 
 _MISSING = _Missing.MISSING
 
-_SIMPLE_FIELDS: Mapping[object, Callable[[], Field[object]]] = {
-    str: StringField,
-    int: IntegerField,
-    float: FloatField,
-    bool: BooleanField,
-    bytes: BinaryField,
-    Decimal: DecimalField,
-    dt.datetime: DateTimeField,
-    dt.date: DateField,
-    dt.time: TimeField,
-    uuid.UUID: UUIDField,
-    typing.Any: JSONField,
-}
-
 
 class _Kind(enum.Enum):
     NAMEDTUPLE = "NamedTuple"
@@ -111,292 +89,87 @@ def _kind_of(tp: object) -> _Kind | None:
 
 
 Default = Callable[[], object]
+Hints = dict[str, object]
 
 
 def _constant(value: object) -> Default:
     return lambda: value
 
 
-class _RecordCodec:
-    """The compiled conversion of one record type (top level or nested)."""
+# -- record kinds: what a record type declares, one function per kind --------
 
-    __slots__ = (
-        "build",
-        "fields",
-        "fills_none",
-        "kind",
-        "load_defaults",
-        "name_set",
-        "names",
-        "plan",
-        "record_type",
-        "required",
-        "to_convert",
-        "to_load",
-        "values_of",
-    )
 
-    def __init__(
-        self,
-        record_type: type[object],
-        *,
-        overrides: Mapping[str, Field[object]],
-        defaults: Mapping[str, object],
-        building: frozenset[type[object]],
-        label: str,
-    ) -> None:
-        kind = _kind_of(record_type)
-        if kind is None:
-            raise SchemaError(
-                f"{label}: {record_type!r} is not a record type; use a NamedTuple, "
-                "a TypedDict or a @dataclass(frozen=True)"
-            )
-        self.kind = kind
-        self.record_type = record_type
-        building = building | {record_type}
-        try:
-            hints = typing.get_type_hints(record_type)
-        except Exception as err:
-            raise SchemaError(
-                f"{label}: cannot resolve the annotations of {record_type.__name__}: {err}"
-            ) from err
-        record_defaults: dict[str, Default] = {}
-        record_constants: dict[str, object] = {}
-        if kind is _Kind.NAMEDTUPLE:
-            names = tuple(cast("tuple[str, ...]", record_type._fields))  # type: ignore[attr-defined]  # NamedTuple
-            for field_name, value in record_type._field_defaults.items():  # type: ignore[attr-defined]  # NamedTuple
-                record_defaults[field_name] = _constant(value)
-                record_constants[field_name] = value
-            required = frozenset(names)
-        elif kind is _Kind.TYPEDDICT:
-            names = tuple(hints)
-            required = _typeddict_required(record_type, label)
-        else:
-            params = record_type.__dataclass_params__  # type: ignore[attr-defined]  # dataclass
-            if not params.frozen:
-                raise SchemaError(
-                    f"{label}: dataclass {record_type.__name__} is mutable; "
-                    "declare it @dataclass(frozen=True)"
-                )
-            init_vars = sorted(n for n, h in hints.items() if isinstance(h, dataclasses.InitVar))
-            if init_vars:
-                raise SchemaError(
-                    f"{label}: {record_type.__name__} has InitVar field(s) {init_vars}, which "
-                    "are not stored and would shift the others when the record is rebuilt; "
-                    "make them fields or compute them in a property"
-                )
-            dc_fields = [
-                f
-                for f in dataclasses.fields(cast("type[DataclassInstance]", record_type))
-                if f.init
-            ]
-            names = tuple(f.name for f in dc_fields)
-            for f in dc_fields:
-                if f.default is not dataclasses.MISSING:
-                    record_defaults[f.name] = _constant(f.default)
-                    record_constants[f.name] = f.default
-                elif f.default_factory is not dataclasses.MISSING:
-                    record_defaults[f.name] = f.default_factory
-            required = frozenset(names)
-        self.names = names
-        self.name_set = frozenset(names)
-        self.required = required
-        for what, given in (("fields", overrides), ("defaults", defaults)):
-            unknown = sorted(set(given) - self.name_set)
-            if unknown:
-                raise SchemaError(
-                    f"{label}: {what}= names {unknown}, which {record_type.__name__} does not "
-                    f"have; its fields are {', '.join(names)}"
-                )
+class _Shape(NamedTuple):
+    """What a record type declares, whatever its kind."""
 
-        rules: dict[str, Field[object]] = {}
-        for field_name in names:
-            annotation = hints[field_name]
-            override = overrides.get(field_name)
-            where = f"{label}.{field_name}"
-            if override is not None:
-                if not isinstance(override, Field):
-                    raise SchemaError(f"{where}: fields= value {override!r} is not a Field")
-                rule = override
-                if _is_optional(annotation) and not isinstance(override, NullableField):
-                    rule = NullableField(override)
-            else:
-                rule = _infer(annotation, where, building)
-            rules[field_name] = rule
-        self.fields: Mapping[str, Field[object]] = types.MappingProxyType(rules)
+    kind: _Kind
+    names: tuple[str, ...]
+    required: frozenset[str]
+    defaults: dict[str, Default]
+    """The record type's own defaults (constants and factories)."""
+    constants: dict[str, object]
+    """Those defaults that are constants: they must be storable."""
 
-        schema_defaults: dict[str, Default] = {}
-        for field_name, value in defaults.items():
-            if callable(value):
-                schema_defaults[field_name] = value
-                continue
-            try:
-                rules[field_name].prepare(value)
-            except ValidationError as err:
-                raise SchemaError(
-                    f"{label}.{field_name}: default {value!r} cannot be stored: {err}; "
-                    "pass a value of the field's type or a zero-argument callable"
-                ) from err
-            schema_defaults[field_name] = _constant(value)
-        for field_name, value in record_constants.items():
-            # A record default of None is a common "not set yet" marker that a
-            # schema default fills; any other constant must be storable.
-            if field_name in schema_defaults or value is None:
-                continue
-            try:
-                rules[field_name].prepare(value)
-            except ValidationError as err:
-                raise SchemaError(
-                    f"{label}.{field_name}: the record's default {value!r} cannot be stored: "
-                    f"{err}; fix the annotation or the default"
-                ) from err
 
-        # Write plan: (name, prepare, default-or-None, required) per field.
-        self.plan = tuple(
-            (n, rules[n].prepare, schema_defaults.get(n), n in required) for n in names
+def _namedtuple_shape(record_type: type[object], hints: Hints, label: str) -> _Shape:
+    names = tuple(cast("tuple[str, ...]", record_type._fields))  # type: ignore[attr-defined]  # NamedTuple
+    constants = dict(record_type._field_defaults)  # type: ignore[attr-defined]  # NamedTuple
+    defaults = {name: _constant(value) for name, value in constants.items()}
+    return _Shape(_Kind.NAMEDTUPLE, names, frozenset(names), defaults, constants)
+
+
+def _typeddict_shape(record_type: type[object], hints: Hints, label: str) -> _Shape:
+    required = _typeddict_required(record_type, label)
+    return _Shape(_Kind.TYPEDDICT, tuple(hints), required, {}, {})
+
+
+def _dataclass_shape(record_type: type[object], hints: Hints, label: str) -> _Shape:
+    if not record_type.__dataclass_params__.frozen:  # type: ignore[attr-defined]  # dataclass
+        raise SchemaError(
+            f"{label}: dataclass {record_type.__name__} is mutable; "
+            "declare it @dataclass(frozen=True)"
         )
-        # Load: schema defaults first, then the record type's own defaults.
-        self.load_defaults = {**record_defaults, **schema_defaults}
-        # On write only schema defaults replace None, so only they may on read:
-        # a stored None in a field with a record-type default is a real None.
-        self.fills_none = frozenset(schema_defaults)
-        self.to_load = tuple((n, rules[n].load) for n in names)
-        self.to_convert = tuple((n, rules[n].dump) for n in names if not rules[n].dump_is_identity)
-        self.values_of = self._compile_values_of()
-        self.build = self._compile_build()
-
-    def _compile_values_of(self) -> Callable[[object], Sequence[object]]:
-        if self.kind is _Kind.NAMEDTUPLE:
-            return cast("Callable[[object], Sequence[object]]", tuple)
-        if len(self.names) == 1:
-            (only,) = self.names
-            return lambda record: (getattr(record, only),)
-        return cast("Callable[[object], Sequence[object]]", attrgetter(*self.names))
-
-    def _compile_build(self) -> Callable[[Sequence[object]], object]:
-        cls = self.record_type
-        names = self.names
-        if self.kind is _Kind.NAMEDTUPLE:
-            return lambda values: tuple.__new__(cls, values)  # type: ignore[type-var]  # NamedTuple
-        if self.kind is _Kind.TYPEDDICT:
-            return lambda values: {
-                n: v for n, v in zip(names, values, strict=True) if v is not _MISSING
-            }
-        dc_fields = dataclasses.fields(cast("type[DataclassInstance]", cls))
-        keyword_only = any(f.kw_only for f in dc_fields if f.init)
-        if keyword_only:
-            return lambda values: cls(**dict(zip(names, values, strict=True)))
-        return lambda values: cls(*values)
-
-    # -- write side ---------------------------------------------------------
-
-    def prepare(self, record: object) -> object:
-        """Validate, apply defaults and normalise; returns a new record."""
-        cls = self.record_type
-        if self.kind is _Kind.TYPEDDICT:
-            if not isinstance(record, dict):
-                raise ValidationError(
-                    f"expected a {cls.__name__} dict, got {type(record).__name__}"
-                )
-            extra = record.keys() - self.name_set
-            if extra:
-                raise FieldValidationError(
-                    (str(sorted(extra, key=str)[0]),),
-                    f"{cls.__name__} has no such field; its fields are {', '.join(self.names)}",
-                )
-            out: dict[str, object] = {}
-            for name, prepare, default, required in self.plan:
-                value = record.get(name, _MISSING)
-                if value is None or value is _MISSING:
-                    if default is not None:
-                        value = default()
-                    elif value is _MISSING:
-                        if required:
-                            raise FieldValidationError((name,), "required field is missing")
-                        continue
-                try:
-                    out[name] = prepare(value)
-                except ValidationError as err:
-                    raise _prefixed(err, name) from err
-            return out
-        if not isinstance(record, cls):
-            raise ValidationError(f"expected a {cls.__name__}, got {type(record).__name__}")
-        values = list(self.values_of(record))
-        for index, (name, prepare, default, _) in enumerate(self.plan):
-            value = values[index]
-            if value is None and default is not None:
-                value = default()
-            try:
-                values[index] = prepare(value)
-            except ValidationError as err:
-                raise _prefixed(err, name) from err
-        try:
-            return self.build(values)
-        except Exception as err:  # a dataclass __post_init__ may reject the values
-            raise ValidationError(f"{cls.__name__}(...) rejected the values: {err}") from err
-
-    def dump(self, record: object) -> Payload:
-        """Prepared record -> ``{field: primitive}``."""
-        payload: Payload
-        if self.kind is _Kind.TYPEDDICT:
-            source = cast("dict[str, Primitive]", record)
-            payload = {n: source[n] for n in self.names if n in source}
-            for name, dump in self.to_convert:
-                if name in payload:
-                    payload[name] = dump(payload[name])
-            return payload
-        payload = dict(
-            zip(self.names, cast("Sequence[Primitive]", self.values_of(record)), strict=True)
+    init_vars = sorted(n for n, h in hints.items() if isinstance(h, dataclasses.InitVar))
+    if init_vars:
+        raise SchemaError(
+            f"{label}: {record_type.__name__} has InitVar field(s) {init_vars}, which "
+            "are not stored and would shift the others when the record is rebuilt; "
+            "make them fields or compute them in a property"
         )
-        for name, dump in self.to_convert:
-            payload[name] = dump(payload[name])
-        return payload
+    dc_fields = [
+        f for f in dataclasses.fields(cast("type[DataclassInstance]", record_type)) if f.init
+    ]
+    names = tuple(f.name for f in dc_fields)
+    constants = {f.name: f.default for f in dc_fields if f.default is not dataclasses.MISSING}
+    defaults = {name: _constant(value) for name, value in constants.items()}
+    for f in dc_fields:
+        if f.default_factory is not dataclasses.MISSING:
+            defaults[f.name] = f.default_factory
+    return _Shape(_Kind.DATACLASS, names, frozenset(names), defaults, constants)
 
-    # -- read side ----------------------------------------------------------
 
-    def load(self, data: Primitive) -> object:
-        """Primitives -> record; raises :class:`FieldLoadError` naming the field."""
-        if type(data) is not dict:
-            raise FieldLoadError((), f"expected a dict of fields, got {type(data).__name__}")
-        try:
-            values: list[object] = [load(data[name]) for name, load in self.to_load]
-        except Exception:
-            # Rare path (evolved payload or bad data): redo field by field to
-            # apply defaults and name the culprit.
-            values = self._load_slow(data)
-        try:
-            return self.build(values)
-        except Exception as err:
-            raise FieldLoadError((), f"{self.record_type.__name__}(...) rejected: {err}") from err
+_SHAPE_OF: Mapping[_Kind, Callable[[type[object], Hints, str], _Shape]] = {
+    _Kind.NAMEDTUPLE: _namedtuple_shape,
+    _Kind.TYPEDDICT: _typeddict_shape,
+    _Kind.DATACLASS: _dataclass_shape,
+}
 
-    def _load_slow(self, data: dict[str, Primitive]) -> list[object]:
-        values: list[object] = []
-        for (name, load), rule in zip(self.to_load, self.fields.values(), strict=True):
-            default = self.load_defaults.get(name)
-            raw = data.get(name, _MISSING)
-            if raw is not _MISSING and not (raw is None and name in self.fills_none):
-                try:
-                    values.append(load(raw))
-                    continue
-                except Exception as err:
-                    if raw is not None or default is None:
-                        raise FieldLoadError.at(name, err) from err
-                # A null the field cannot hold (it was nullable in an older
-                # record type): take the default below.
-            if default is not None:
-                try:
-                    values.append(rule.prepare(default()))
-                except ValidationError as err:
-                    raise FieldLoadError((name,), f"default cannot be stored: {err}") from err
-            elif name not in self.required:
-                values.append(_MISSING)
-            else:
-                raise FieldLoadError(
-                    (name,),
-                    "required field is missing or null; give it a default in "
-                    "Schema(defaults=...) or in the record type to read older payloads",
-                )
-        return values
+
+def _shape(record_type: type[object], label: str) -> tuple[_Shape, Hints]:
+    """The record type's shape and resolved annotations, or :class:`SchemaError`."""
+    kind = _kind_of(record_type)
+    if kind is None:
+        raise SchemaError(
+            f"{label}: {record_type!r} is not a record type; use a NamedTuple, "
+            "a TypedDict or a @dataclass(frozen=True)"
+        )
+    try:
+        hints: Hints = typing.get_type_hints(record_type)
+    except Exception as err:
+        raise SchemaError(
+            f"{label}: cannot resolve the annotations of {record_type.__name__}: {err}"
+        ) from err
+    return _SHAPE_OF[kind](record_type, hints, label), hints
 
 
 def _typeddict_required(record_type: type[object], label: str) -> frozenset[str]:
@@ -422,10 +195,100 @@ def _typeddict_required(record_type: type[object], label: str) -> frozenset[str]
     return frozenset(required)
 
 
-def _prefixed(err: ValidationError, name: str) -> FieldValidationError:
-    if isinstance(err, FieldValidationError):
-        return FieldValidationError((name, *err.path), err.reason)
-    return FieldValidationError((name,), str(err))
+# -- field rules and defaults -------------------------------------------------
+
+
+def _refuse_unknown(
+    record_type: type[object],
+    names: tuple[str, ...],
+    given: Mapping[str, object],
+    what: str,
+    label: str,
+) -> None:
+    """Refuse ``fields=`` or ``defaults=`` entries naming no field of the record."""
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise SchemaError(
+            f"{label}: {what}= names {unknown}, which {record_type.__name__} does not "
+            f"have; its fields are {', '.join(names)}"
+        )
+
+
+def _field_rules(
+    shape: _Shape,
+    hints: Hints,
+    overrides: Mapping[str, Field[object]],
+    label: str,
+    building: frozenset[type[object]],
+) -> dict[str, Field[object]]:
+    """The rule of every field: the ``fields=`` override, else inferred."""
+    rules: dict[str, Field[object]] = {}
+    for field_name in shape.names:
+        where = f"{label}.{field_name}"
+        override = overrides.get(field_name)
+        if override is None:
+            rules[field_name] = _infer(hints[field_name], where, building)
+        else:
+            rules[field_name] = _overridden(override, hints[field_name], where)
+    return rules
+
+
+def _overridden(override: object, annotation: object, where: str) -> Field[object]:
+    """A ``fields=`` override, made nullable where the annotation is ``T | None``."""
+    if not isinstance(override, Field):
+        raise SchemaError(f"{where}: fields= value {override!r} is not a Field")
+    if _is_optional(annotation) and not isinstance(override, NullableField):
+        return NullableField(override)
+    return cast("Field[object]", override)
+
+
+def _check_default(rule: Field[object], value: object, where: str, whose: str, fix: str) -> None:
+    """Refuse a constant default its field cannot store, at schema construction."""
+    try:
+        rule.prepare(value)
+    except ValidationError as err:
+        raise SchemaError(f"{where}: {whose} {value!r} cannot be stored: {err}; {fix}") from err
+
+
+def _schema_defaults(
+    rules: Mapping[str, Field[object]], defaults: Mapping[str, object], label: str
+) -> dict[str, Default]:
+    """``Schema(defaults=...)`` as zero-argument callables, constants checked storable."""
+    out: dict[str, Default] = {}
+    for field_name, value in defaults.items():
+        if callable(value):
+            out[field_name] = value
+            continue
+        _check_default(
+            rules[field_name],
+            value,
+            f"{label}.{field_name}",
+            "default",
+            "pass a value of the field's type or a zero-argument callable",
+        )
+        out[field_name] = _constant(value)
+    return out
+
+
+def _check_record_constants(
+    rules: Mapping[str, Field[object]],
+    shape: _Shape,
+    schema_defaults: Mapping[str, Default],
+    label: str,
+) -> None:
+    """Refuse a record type's own constant default its field cannot store."""
+    for field_name, value in shape.constants.items():
+        # A record default of None is a common "not set yet" marker that a
+        # schema default fills; any other constant must be storable.
+        if field_name in schema_defaults or value is None:
+            continue
+        _check_default(
+            rules[field_name],
+            value,
+            f"{label}.{field_name}",
+            "the record's default",
+            "fix the annotation or the default",
+        )
 
 
 def _is_optional(annotation: object) -> bool:
@@ -444,7 +307,7 @@ def _infer(annotation: object, where: str, building: frozenset[type[object]]) ->
             _unsupported(where, annotation, "a union is supported only as T | None")
         return NullableField(_infer(others[0], where, building))
     try:
-        simple = _SIMPLE_FIELDS.get(annotation)
+        simple = SIMPLE_FIELDS.get(annotation)
     except TypeError:  # an unhashable annotation object: not a simple type
         simple = None
     if simple is not None:
@@ -460,15 +323,7 @@ def _infer(annotation: object, where: str, building: frozenset[type[object]]) ->
             _unsupported(where, annotation, "write dict[str, T]: keys must be str")
         return cast("Field[object]", DictField(_infer(args[1], f"{where}[]", building)))
     if _kind_of(annotation) is not None:
-        record_type = cast("type[object]", annotation)
-        if record_type in building:
-            _unsupported(where, annotation, "recursive record types cannot be stored")
-        return cast(
-            "Field[object]",
-            RecordField(
-                _RecordCodec(record_type, overrides={}, defaults={}, building=building, label=where)
-            ),
-        )
+        return _nested(cast("type[object]", annotation), where, building)
     _unsupported(
         where,
         annotation,
@@ -477,8 +332,243 @@ def _infer(annotation: object, where: str, building: frozenset[type[object]]) ->
     )
 
 
+def _nested(
+    record_type: type[object], where: str, building: frozenset[type[object]]
+) -> RecordField:
+    if record_type in building:
+        _unsupported(where, record_type, "recursive record types cannot be stored")
+    return RecordField(
+        _RecordCodec(record_type, overrides={}, defaults={}, building=building, label=where)
+    )
+
+
 def _unsupported(where: str, annotation: object, hint: str) -> NoReturn:
     raise SchemaError(f"{where}: cannot store annotation {annotation!r}; {hint}")
+
+
+# -- the codec ----------------------------------------------------------------
+
+
+class _RecordCodec:
+    """The compiled conversion of one record type (top level or nested).
+
+    ``prepare`` and ``dump`` are bound at construction to the variant of the
+    record's kind (a dict or an object), so the hot path tests no kind.
+    """
+
+    __slots__ = (
+        "build",
+        "dump",
+        "fields",
+        "fills_none",
+        "hints",
+        "kind",
+        "load_defaults",
+        "name_set",
+        "names",
+        "plan",
+        "prepare",
+        "record_type",
+        "required",
+        "to_convert",
+        "to_load",
+        "values_of",
+    )
+
+    prepare: Callable[[object], object]
+    """Validate, apply defaults and normalise; returns a new record."""
+    dump: Callable[[object], Payload]
+    """Prepared record -> ``{field: primitive}``."""
+
+    def __init__(
+        self,
+        record_type: type[object],
+        *,
+        overrides: Mapping[str, Field[object]],
+        defaults: Mapping[str, object],
+        building: frozenset[type[object]],
+        label: str,
+    ) -> None:
+        shape, self.hints = _shape(record_type, label)
+        self.kind, self.record_type, self.names = shape.kind, record_type, shape.names
+        self.name_set, self.required = frozenset(shape.names), shape.required
+        _refuse_unknown(record_type, shape.names, overrides, "fields", label)
+        _refuse_unknown(record_type, shape.names, defaults, "defaults", label)
+        rules = _field_rules(shape, self.hints, overrides, label, building | {record_type})
+        self.fields: Mapping[str, Field[object]] = types.MappingProxyType(rules)
+        schema_defaults = _schema_defaults(rules, defaults, label)
+        _check_record_constants(rules, shape, schema_defaults, label)
+        self._compile_write(schema_defaults)
+        self._compile_read(shape.defaults, schema_defaults)
+        self.values_of = self._compile_values_of()
+        self.build = self._compile_build()
+        dict_kind = shape.kind is _Kind.TYPEDDICT
+        self.prepare = self._prepare_dict if dict_kind else self._prepare_object
+        self.dump = self._dump_dict if dict_kind else self._dump_object
+
+    def _compile_write(self, schema_defaults: Mapping[str, Default]) -> None:
+        rules, required = self.fields, self.required
+        # (name, prepare, default-or-None, required) per field.
+        self.plan = tuple(
+            (n, rules[n].prepare, schema_defaults.get(n), n in required) for n in self.names
+        )
+        self.to_convert = tuple(
+            (n, rules[n].dump) for n in self.names if not rules[n].dump_is_identity
+        )
+
+    def _compile_read(
+        self, record_defaults: Mapping[str, Default], schema_defaults: Mapping[str, Default]
+    ) -> None:
+        self.to_load = tuple((n, self.fields[n].load) for n in self.names)
+        # Schema defaults first, then the record type's own defaults.
+        self.load_defaults = {**record_defaults, **schema_defaults}
+        # On write only schema defaults replace None, so only they may on read:
+        # a stored None in a field with a record-type default is a real None.
+        self.fills_none = frozenset(schema_defaults)
+
+    def _compile_values_of(self) -> Callable[[object], Sequence[object]]:
+        if self.kind is _Kind.NAMEDTUPLE:
+            return cast("Callable[[object], Sequence[object]]", tuple)
+        if len(self.names) == 1:
+            (only,) = self.names
+            return lambda record: (getattr(record, only),)
+        return cast("Callable[[object], Sequence[object]]", attrgetter(*self.names))
+
+    def _compile_build(self) -> Callable[[Sequence[object]], object]:
+        cls = self.record_type
+        names = self.names
+        if self.kind is _Kind.NAMEDTUPLE:
+            return lambda values: tuple.__new__(cls, values)  # type: ignore[type-var]  # NamedTuple
+        if self.kind is _Kind.TYPEDDICT:
+            return lambda values: {
+                n: v for n, v in zip(names, values, strict=True) if v is not _MISSING
+            }
+        dc_fields = dataclasses.fields(cast("type[DataclassInstance]", cls))
+        keyword_only = any(f.kw_only for f in dc_fields if f.init)
+        if keyword_only:
+            return lambda values: cls(**dict(zip(names, values, strict=True)))
+        return lambda values: cls(*values)
+
+    def _refuse(self, record: object) -> NoReturn:
+        """The one "this is not an R" error of both write paths and ``evolve``."""
+        what = self.record_type.__name__ + (" dict" if self.kind is _Kind.TYPEDDICT else "")
+        raise ValidationError(f"expected a {what}, got {type(record).__name__}")
+
+    def as_mapping(self, record: object) -> Mapping[str, object]:
+        """``record``'s fields by name (a TypedDict as it is), or :class:`ValidationError`."""
+        if self.kind is _Kind.TYPEDDICT:
+            if isinstance(record, dict):
+                return cast("Mapping[str, object]", record)
+        elif isinstance(record, self.record_type):
+            return dict(zip(self.names, self.values_of(record), strict=True))
+        self._refuse(record)
+
+    # -- write side ---------------------------------------------------------
+
+    def _prepare_dict(self, record: object) -> object:
+        if not isinstance(record, dict):
+            self._refuse(record)
+        extra = record.keys() - self.name_set
+        if extra:
+            raise FieldValidationError(
+                (str(sorted(extra, key=str)[0]),),
+                f"{self.record_type.__name__} has no such field; "
+                f"its fields are {', '.join(self.names)}",
+            )
+        out: dict[str, object] = {}
+        for name, prepare, default, required in self.plan:
+            value = record.get(name, _MISSING)
+            if value is None or value is _MISSING:
+                if default is not None:
+                    value = default()
+                elif value is _MISSING:
+                    if required:
+                        raise FieldValidationError((name,), "required field is missing")
+                    continue
+            try:
+                out[name] = prepare(value)
+            except ValidationError as err:
+                raise FieldValidationError.at(name, err) from err
+        return out
+
+    def _prepare_object(self, record: object) -> object:
+        if not isinstance(record, self.record_type):
+            self._refuse(record)
+        values = list(self.values_of(record))
+        for index, (name, prepare, default, _) in enumerate(self.plan):
+            value = values[index]
+            if value is None and default is not None:
+                value = default()
+            try:
+                values[index] = prepare(value)
+            except ValidationError as err:
+                raise FieldValidationError.at(name, err) from err
+        try:
+            return self.build(values)
+        except Exception as err:  # a dataclass __post_init__ may reject the values
+            raise ValidationError(
+                f"{self.record_type.__name__}(...) rejected the values: {err}"
+            ) from err
+
+    def _dump_dict(self, record: object) -> Payload:
+        source = cast("dict[str, Primitive]", record)
+        payload: Payload = {n: source[n] for n in self.names if n in source}
+        for name, dump in self.to_convert:
+            if name in payload:
+                payload[name] = dump(payload[name])
+        return payload
+
+    def _dump_object(self, record: object) -> Payload:
+        payload: Payload = dict(
+            zip(self.names, cast("Sequence[Primitive]", self.values_of(record)), strict=True)
+        )
+        for name, dump in self.to_convert:
+            payload[name] = dump(payload[name])
+        return payload
+
+    # -- read side ----------------------------------------------------------
+
+    def load(self, data: Primitive) -> object:
+        """Primitives -> record; raises :class:`FieldLoadError` naming the field."""
+        if type(data) is not dict:
+            raise FieldLoadError((), f"expected a dict of fields, got {type(data).__name__}")
+        try:
+            values: list[object] = [load(data[name]) for name, load in self.to_load]
+        except Exception:
+            # Rare path (evolved payload or bad data): redo field by field to
+            # apply defaults and name the culprit.
+            values = [self._load_field(name, load, data) for name, load in self.to_load]
+        try:
+            return self.build(values)
+        except Exception as err:
+            raise FieldLoadError((), f"{self.record_type.__name__}(...) rejected: {err}") from err
+
+    def _load_field(
+        self, name: str, load: Callable[[Primitive], object], data: dict[str, Primitive]
+    ) -> object:
+        """One field of a payload, its default where it is missing (or a null it cannot hold)."""
+        default = self.load_defaults.get(name)
+        raw = data.get(name, _MISSING)
+        if raw is not _MISSING and not (raw is None and name in self.fills_none):
+            try:
+                return load(raw)
+            except Exception as err:
+                if raw is not None or default is None:
+                    raise FieldLoadError.at(name, err) from err
+            # A null the field cannot hold (it was nullable in an older
+            # record type): take the default below.
+        if default is not None:
+            try:
+                return self.fields[name].prepare(default())
+            except ValidationError as err:
+                raise FieldLoadError((name,), f"default cannot be stored: {err}") from err
+        if name not in self.required:
+            return _MISSING
+        raise FieldLoadError(
+            (name,),
+            "required field is missing or null; give it a default in "
+            "Schema(defaults=...) or in the record type to read older payloads",
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True, eq=False)
@@ -495,6 +585,81 @@ class RecordField(Field[object]):
 
     def load(self, data: Primitive) -> object:
         return self.codec.load(data)
+
+
+# -- the schema's key ---------------------------------------------------------
+
+
+def _schema_label(record_type: object, name: object, version: object) -> str:
+    """The schema's name (``name=`` or the record type's); ``name`` and ``version`` checked."""
+    label = name if name is not None else getattr(record_type, "__name__", repr(record_type))
+    # Checked at run time: callers may be untyped.
+    if name is not None and (not isinstance(name, str) or not name):
+        raise SchemaError(f"Schema name must be a non-empty str, got {name!r}")
+    if version is not None and not (isinstance(version, str) or is_int(version)):
+        raise SchemaError(f"{label}: version must be a str or an int, got {version!r}")
+    return cast("str", label)
+
+
+def _key_fields(key: str | Sequence[str], codec: _RecordCodec, label: str) -> tuple[str, ...]:
+    """``key=`` as a tuple of field names, each a field that every record has."""
+    key_fields = (key,) if isinstance(key, str) else tuple(key)
+    if not key_fields or not all(isinstance(k, str) for k in key_fields):
+        raise SchemaError(f"{label}: key must be a field name or a tuple of field names")
+    if len(set(key_fields)) != len(key_fields):
+        raise SchemaError(f"{label}: key {key_fields} repeats a field")
+    for key_field in key_fields:
+        if key_field not in codec.name_set:
+            raise SchemaError(
+                f"{label}: key field {key_field!r} is not a field of "
+                f"{codec.record_type.__name__}; its fields are {', '.join(codec.names)}"
+            )
+        if codec.kind is _Kind.TYPEDDICT and key_field not in codec.required:
+            raise SchemaError(
+                f"{label}: key field {key_field!r} is NotRequired; a key must be present"
+            )
+    return key_fields
+
+
+def _auto_key(codec: _RecordCodec, key_fields: tuple[str, ...], label: str) -> bool:
+    """Whether the key is an :class:`AutoField`, which must be the single ``int | None`` key."""
+    auto_key = False
+    for field_name, rule in codec.fields.items():
+        inner = rule.inner if isinstance(rule, NullableField) else rule
+        if not isinstance(inner, AutoField):
+            continue
+        if key_fields != (field_name,):
+            raise SchemaError(
+                f"{label}.{field_name}: AutoField is only for the single key field; "
+                f"use IntegerField here or make {field_name!r} the key"
+            )
+        hint = codec.hints[field_name]
+        if not (_is_optional(hint) and set(get_args(hint)) == {int, type(None)}):
+            raise SchemaError(
+                f"{label}.{field_name}: AutoField needs the annotation int | None "
+                "(None until the id is assigned on insert)"
+            )
+        auto_key = True
+    return auto_key
+
+
+def _key_rules(
+    codec: _RecordCodec, key_fields: tuple[str, ...], auto_key: bool
+) -> tuple[Field[object], ...]:
+    """The rule validating each key value; an AutoField key is never None as a key."""
+    rules = [codec.fields[key_field] for key_field in key_fields]
+    if auto_key:
+        rules = [rule.inner if isinstance(rule, NullableField) else rule for rule in rules]
+    return tuple(rules)
+
+
+def _key_getter(codec: _RecordCodec, key_fields: tuple[str, ...]) -> Callable[[object], object]:
+    if codec.kind is _Kind.TYPEDDICT:
+        return cast("Callable[[object], object]", itemgetter(*key_fields))
+    if codec.kind is _Kind.NAMEDTUPLE:
+        indexes = (codec.names.index(k) for k in key_fields)
+        return cast("Callable[[object], object]", itemgetter(*indexes))
+    return attrgetter(*key_fields)
 
 
 class Schema(Generic[R, K]):
@@ -523,9 +688,12 @@ class Schema(Generic[R, K]):
 
     __slots__ = (
         "_codec",
+        "_dump",
         "_key_getter",
         "_key_index",
         "_keys",
+        "_load",
+        "_prepare",
         "auto_key",
         "field_names",
         "fields",
@@ -543,6 +711,10 @@ class Schema(Generic[R, K]):
     auto_key: bool
     fields: Mapping[str, Field[object]]
     _codec: _RecordCodec
+    # The codec's hot-path methods, bound once and typed on R.
+    _prepare: Callable[[R], R]
+    _dump: Callable[[R], Payload]
+    _load: Callable[[Primitive], R]
     _keys: KeyCodec
     _key_getter: Callable[[object], object]
     _key_index: tuple[int, ...]
@@ -558,14 +730,7 @@ class Schema(Generic[R, K]):
         defaults: Mapping[str, object] | None = None,
         version: str | int | None = None,
     ) -> None:
-        label = name if name is not None else getattr(record_type, "__name__", repr(record_type))
-        given_name: object = name  # checked at run time: callers may be untyped
-        if given_name is not None and (not isinstance(given_name, str) or not given_name):
-            raise SchemaError(f"Schema name must be a non-empty str, got {name!r}")
-        if version is not None and (
-            isinstance(version, bool) or not isinstance(version, str | int)
-        ):
-            raise SchemaError(f"{label}: version must be a str or an int, got {version!r}")
+        label = _schema_label(record_type, name, version)
         codec = _RecordCodec(
             cast("type[object]", record_type),
             overrides=dict(fields or {}),
@@ -573,70 +738,31 @@ class Schema(Generic[R, K]):
             building=frozenset(),
             label=label,
         )
-        key_fields = (key,) if isinstance(key, str) else tuple(key)
-        if not key_fields or not all(isinstance(k, str) for k in key_fields):
-            raise SchemaError(f"{label}: key must be a field name or a tuple of field names")
-        if len(set(key_fields)) != len(key_fields):
-            raise SchemaError(f"{label}: key {key_fields} repeats a field")
-        for key_field in key_fields:
-            if key_field not in codec.name_set:
-                raise SchemaError(
-                    f"{label}: key field {key_field!r} is not a field of "
-                    f"{codec.record_type.__name__}; its fields are {', '.join(codec.names)}"
-                )
-            if codec.kind is _Kind.TYPEDDICT and key_field not in codec.required:
-                raise SchemaError(
-                    f"{label}: key field {key_field!r} is NotRequired; a key must be present"
-                )
-        key_rules: list[Field[object]] = []
-        auto_key = False
-        for field_name, rule in codec.fields.items():
-            inner = rule.inner if isinstance(rule, NullableField) else rule
-            if isinstance(inner, AutoField):
-                if key_fields != (field_name,):
-                    raise SchemaError(
-                        f"{label}.{field_name}: AutoField is only for the single key field; "
-                        f"use IntegerField here or make {field_name!r} the key"
-                    )
-                hint = typing.get_type_hints(record_type).get(field_name)
-                if not (_is_optional(hint) and set(get_args(hint)) == {int, type(None)}):
-                    raise SchemaError(
-                        f"{label}.{field_name}: AutoField needs the annotation int | None "
-                        "(None until the id is assigned on insert)"
-                    )
-                auto_key = True
-        for key_field in key_fields:
-            rule = codec.fields[key_field]
-            if auto_key and isinstance(rule, NullableField):
-                rule = rule.inner
-            key_rules.append(rule)
+        key_fields = _key_fields(key, codec, label)
+        auto_key = _auto_key(codec, key_fields, label)
+        text_version = None if version is None else str(version)
         keys = KeyCodec(
             name=label,
-            version=None if version is None else str(version),
+            version=text_version,
             key_fields=key_fields,
-            key_rules=tuple(key_rules),
+            key_rules=_key_rules(codec, key_fields, auto_key),
             key_format=key_format,
         )
         setattr_ = object.__setattr__
         setattr_(self, "record_type", record_type)
         setattr_(self, "name", label)
-        setattr_(self, "version", None if version is None else str(version))
+        setattr_(self, "version", text_version)
         setattr_(self, "key_fields", key_fields)
         setattr_(self, "field_names", codec.names)
         setattr_(self, "auto_key", auto_key)
         setattr_(self, "fields", codec.fields)
         setattr_(self, "_codec", codec)
+        setattr_(self, "_prepare", codec.prepare)
+        setattr_(self, "_dump", codec.dump)
+        setattr_(self, "_load", codec.load)
         setattr_(self, "_keys", keys)
         setattr_(self, "_key_index", tuple(codec.names.index(k) for k in key_fields))
-        getter: Callable[[object], object]
-        if codec.kind is _Kind.TYPEDDICT:
-            getter = cast("Callable[[object], object]", itemgetter(*key_fields))
-        elif codec.kind is _Kind.NAMEDTUPLE:
-            indexes = (codec.names.index(k) for k in key_fields)
-            getter = cast("Callable[[object], object]", itemgetter(*indexes))
-        else:
-            getter = attrgetter(*key_fields)
-        setattr_(self, "_key_getter", getter)
+        setattr_(self, "_key_getter", _key_getter(codec, key_fields))
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError(f"Schema is immutable; cannot set {name!r}")
@@ -676,9 +802,9 @@ class Schema(Generic[R, K]):
                 the message names the field (``Person.height: expected float, got str``).
         """
         try:
-            return cast("R", self._codec.prepare(record))
+            return self._prepare(record)
         except FieldValidationError as err:
-            raise FieldValidationError((self.name, *err.path), err.reason) from err
+            raise FieldValidationError.at(self.name, err) from err
         except ValidationError as err:
             raise ValidationError(f"{self.name}: {err}") from err
 
@@ -688,7 +814,7 @@ class Schema(Generic[R, K]):
         Raises:
             ValidationError: only from a :class:`StructField` whose ``dump`` failed.
         """
-        return self._codec.dump(record)
+        return self._dump(record)
 
     def load(self, payload: Primitive, key: object = None) -> R:
         """Rebuild a record from a payload written by this or an older schema.
@@ -701,7 +827,7 @@ class Schema(Generic[R, K]):
                 required field missing, a wrong type); names the schema and key.
         """
         try:
-            return cast("R", self._codec.load(payload))
+            return self._load(payload)
         except FieldLoadError as err:
             raise DecodeError(
                 f"cannot load {self.name} (key {key!r}): {err.where}: {err.reason}"
@@ -738,35 +864,69 @@ class Schema(Generic[R, K]):
 
         Raises:
             ValidationError: naming the schema and the field; a value's error is
-                a :class:`~cacheorm.fields.FieldValidationError` with its path.
+                a :class:`~cacheorm.errors.FieldValidationError` with its path.
         """
-        codec = self._codec
-        unknown = sorted(set(changes) - codec.name_set, key=repr)
+        unknown = sorted(set(changes) - self._codec.name_set, key=repr)
         if unknown:
             raise ValidationError(
                 f"{self.name} has no field(s) {', '.join(map(repr, unknown))}; "
                 f"its fields are {', '.join(self.field_names)}: use one of those"
             )
         for name, value in changes.items():
-            if name in self.key_fields:
+            self._check_change(name, value)
+
+    def _check_change(self, name: str, value: object) -> None:
+        """One change of :meth:`check_changes`, its field known."""
+        if name in self.key_fields:
+            raise ValidationError(
+                f"{self.name}.{name} is part of the key and cannot be changed; "
+                "insert a record under the new key and delete the old one"
+            )
+        if value is None and name in self._codec.fills_none:
+            return  # as on insert, the schema default replaces None
+        rule = self._codec.fields[name]
+        try:
+            rule.dump(rule.prepare(value))
+        except ValidationError as err:
+            if value is None:
                 raise ValidationError(
-                    f"{self.name}.{name} is part of the key and cannot be changed; "
-                    "insert a record under the new key and delete the old one"
-                )
-            if value is None and name in codec.fills_none:
-                continue  # as on insert, the schema default replaces None
-            rule = codec.fields[name]
-            try:
-                rule.dump(rule.prepare(value))
-            except ValidationError as err:
-                if value is None:
-                    raise ValidationError(
-                        f"{self.name}.{name} cannot be None: the field is not nullable and "
-                        "has no schema default; pass a value, declare the field T | None, "
-                        "or give it a default in Schema(defaults=...)"
-                    ) from err
-                located = _prefixed(err, name)
-                raise FieldValidationError((self.name, *located.path), located.reason) from err
+                    f"{self.name}.{name} cannot be None: the field is not nullable and "
+                    "has no schema default; pass a value, declare the field T | None, "
+                    "or give it a default in Schema(defaults=...)"
+                ) from err
+            raise FieldValidationError.at(self.name, FieldValidationError.at(name, err)) from err
+
+    def check_same_key(self, key: K, record: R, *, by: str = "an update") -> None:
+        """Refuse ``record`` unless it belongs under ``key``: a write never moves a record.
+
+        Keys compare as stored (as :meth:`encode_key` writes them), so a key
+        given as ``1`` and a float key ``1.0`` are the same key. Pair it with
+        :meth:`check_changes`, which refuses a change of a key field before
+        any record is read.
+
+        >>> from typing import NamedTuple
+        >>> class Point(NamedTuple):
+        ...     name: str
+        ...     x: int
+        >>> Schema(Point, key="name").check_same_key("a", Point("b", 1))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cacheorm.errors.ValidationError: Point 'a': an update cannot change the key (got 'b'); ...
+
+        Args:
+            key: the key the record is (to be) stored under.
+            record: the record about to be written there.
+            by: what changed the record, for the message (``"a before_update hook"``).
+
+        Raises:
+            ValidationError: ``record``'s key is not ``key``.
+        """
+        new = self.key_of(record)
+        if self._keys.encode(new) != self._keys.encode(key):
+            raise ValidationError(
+                f"{self.name} {key!r}: {by} cannot change the key (got {new!r}); "
+                "insert a new record and delete the old one"
+            )
 
     def evolve(self, record: R, changes: Mapping[str, object]) -> R:
         """A prepared copy of ``record`` with ``changes`` applied.
@@ -778,25 +938,14 @@ class Schema(Generic[R, K]):
         """
         self.check_changes(changes)
         codec = self._codec
-        if codec.kind is _Kind.TYPEDDICT:
-            if not isinstance(record, dict):
-                raise ValidationError(
-                    f"{self.name}: expected a {self.record_type.__name__} dict, "
-                    f"got {type(record).__name__}"
-                )
-            current: Mapping[str, object] = record
-        elif isinstance(record, codec.record_type):
-            current = dict(zip(codec.names, codec.values_of(record), strict=True))
-        else:
-            raise ValidationError(
-                f"{self.name}: expected a {self.record_type.__name__}, got {type(record).__name__}"
-            )
-        merged = {**current, **changes}
+        try:
+            merged = {**codec.as_mapping(record), **changes}
+        except ValidationError as err:
+            raise ValidationError(f"{self.name}: {err}") from err
         if codec.kind is _Kind.TYPEDDICT:
             return self.prepare(cast("R", merged))
-        values = [merged[n] for n in codec.names]
         try:
-            candidate = codec.build(values)
+            candidate = codec.build([merged[n] for n in codec.names])
         except Exception as err:
             raise ValidationError(f"{self.name}: the changes were rejected: {err}") from err
         return self.prepare(cast("R", candidate))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import cacheorm as co
-from cacheorm.backends.base import Command
+from cacheorm.backends.base import Command, Get, Gets, Set
 from cacheorm.backends.filesystem import FileSystemBackend
 from cacheorm.backends.memory import MemoryBackend
 from cacheorm.backends.tiered import FILL_TTL, TieredBackend
@@ -190,7 +190,7 @@ def test_filesystem_garbage_and_truncated_files_read_as_misses(tmp_path: Path) -
         b"foreign-key": whole,  # a valid file, but written for another key
     }
     for key, content in cases.items():
-        path = tmp_path / backend._path(key).name
+        path = tmp_path / backend._files.path(key).name
         path.write_bytes(content)
         assert backend.get(key) is None, key
         assert backend.has(key) is False
@@ -218,7 +218,7 @@ def test_filesystem_ignores_stray_files_and_survives_reopening(tmp_path: Path) -
 
 def test_filesystem_wraps_os_errors(tmp_path: Path) -> None:
     backend = FileSystemBackend(tmp_path)
-    (tmp_path / backend._path(b"k").name).mkdir()  # a directory where the value file goes
+    (tmp_path / backend._files.path(b"k").name).mkdir()  # a directory where the value file goes
     with pytest.raises(co.BackendError) as caught:
         backend.set(b"k", b"v")
     assert isinstance(caught.value.__cause__, OSError)
@@ -343,10 +343,10 @@ def test_tiered_get_many_asks_far_once_for_the_misses() -> None:
 def test_tiered_batch_reads_near_but_not_past_a_write() -> None:
     tier, _, far, _ = _tier()
     tier.set(b"k", b"old")
-    assert tier.batch([Command("get", b"k"), Command("get", b"k")]) == [b"old", b"old"]
+    assert tier.batch([Get(b"k"), Get(b"k")]) == [b"old", b"old"]
     assert far.reads == 0
     far.set(b"k", b"changed elsewhere")  # near is stale now, on purpose
-    results = tier.batch([Command("get", b"k"), Command("set", b"k", b"new"), Command("get", b"k")])
+    results = tier.batch([Get(b"k"), Set(b"k", b"new"), Get(b"k")])
     assert results == [b"old", True, b"new"]
     assert tier.get(b"k") == b"new"
 
@@ -392,7 +392,7 @@ def test_tiered_copy_filled_by_a_read_expires_with_far() -> None:
     far.set(b"batch", b"v", 5)
     assert tier.get(b"get") == b"v"
     assert tier.get_many(b"many", b"absent") == [b"v", None]
-    assert tier.batch([Command("get", b"batch")]) == [b"v"]
+    assert tier.batch([Get(b"batch")]) == [b"v"]
     assert near.get_many(b"get", b"many", b"batch") == [b"v", b"v", b"v"]  # filled
     reads = far.reads
     clock.advance(4)
@@ -402,7 +402,7 @@ def test_tiered_copy_filled_by_a_read_expires_with_far() -> None:
     assert near.get_many(b"get", b"many", b"batch") == [None, None, None]
     assert tier.get(b"get") is None
     assert tier.get_many(b"many") == [None]
-    assert tier.batch([Command("get", b"batch")]) == [None]
+    assert tier.batch([Get(b"batch")]) == [None]
 
 
 def test_tiered_fill_takes_whole_seconds_and_skips_the_last_one() -> None:
@@ -441,7 +441,7 @@ def test_tiered_gets_drops_the_near_copy() -> None:
     assert got is not None
     assert got[0] == b"changed"
     assert near.get(b"k") is None  # no copy of unknown lifetime
-    assert tier.batch([Command("gets", b"k")])[0] is not None
+    assert tier.batch([Gets(b"k")])[0] is not None
     assert near.get(b"k") is None
 
 

@@ -324,7 +324,7 @@ def test_hooks_replace_veto_and_observe() -> None:
     assert ("after_delete", "Ann") in seen
     assert ("after_update", Person("Sam", 2.0, email="sam@example.com")) in seen
     with pytest.raises(co.ValidationError):
-        co.on(people, "before_everything", log("x"))  # type: ignore[arg-type]  # runtime check
+        co.on(people, "before_everything", log("x"))  # type: ignore[call-overload]  # runtime check
 
 
 # ------------------------------------------------------------------ outages

@@ -139,7 +139,7 @@ def test_get_or_load_refuses_a_lock_ttl_that_never_expires(lock_ttl: object) -> 
         return Person(name, 1.0)
 
     with pytest.raises(co.ValidationError, match="lock_ttl"):
-        co.get_or_load(people, "Ann", loader, lock_ttl=lock_ttl)  # type: ignore[arg-type]  # runtime check
+        co.get_or_load(people, "Ann", loader, lock_ttl=lock_ttl)  # type: ignore[call-overload]  # runtime check
     assert calls == []
 
 
@@ -147,7 +147,7 @@ def test_get_or_load_refuses_a_lock_ttl_that_never_expires(lock_ttl: object) -> 
 def test_get_or_load_refuses_a_negative_wait(wait: object) -> None:
     people = co.Repo(PERSON)
     with pytest.raises(co.ValidationError, match="wait"):
-        co.get_or_load(people, "Ann", lambda n: Person(n, 1.0), wait=wait)  # type: ignore[arg-type]  # runtime check
+        co.get_or_load(people, "Ann", lambda n: Person(n, 1.0), wait=wait)  # type: ignore[call-overload]  # runtime check
 
 
 # ------------------------------------------------------------------ payload trust (item 6)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import cacheorm as co
-from cacheorm.backends.base import Command
+from cacheorm.backends.base import Delete, Set
 from cacheorm.backends.filesystem import FileSystemBackend
 
 
@@ -90,7 +90,7 @@ def _every_write(backend: FileSystemBackend) -> None:
     assert backend.cas(b"b", b"4", got[1]) is True
     backend.set_many({b"c": b"5", b"d": b"6"})
     assert backend.delete(b"d") is True
-    assert backend.batch([Command("set", b"e", b"7"), Command("delete", b"c")]) == [True, True]
+    assert backend.batch([Set(b"e", b"7"), Delete(b"c")]) == [True, True]
 
 
 def test_durable_writes_round_trip_and_survive_reopening(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def test_durable_fsyncs_each_file_and_the_directory_once_per_call(
 
 def test_durable_write_failures_are_backend_errors(tmp_path: Path) -> None:
     backend = FileSystemBackend(tmp_path, durable=True)
-    (tmp_path / backend._path(b"k").name).mkdir()  # a directory where the value file goes
+    (tmp_path / backend._files.path(b"k").name).mkdir()  # a directory where the value file goes
     with pytest.raises(co.BackendError) as caught:
         backend.set(b"k", b"v")
     assert isinstance(caught.value.__cause__, OSError)

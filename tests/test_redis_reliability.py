@@ -22,7 +22,7 @@ import redis
 from redis.crc import key_slot
 
 import cacheorm as co
-from cacheorm.backends.base import Command
+from cacheorm.backends.base import Add, Delete, Get, Gets, Incr, Set
 from cacheorm.backends.redis import RedisBackend
 from tests.proxy import Proxy
 from tests.records import NOTE, PERSON, Note, Person
@@ -135,12 +135,12 @@ def test_a_lost_pipeline_resends_only_what_is_safe(
     proxy.drop_next_reply(b"INCRBY")
     results = backend.batch(
         [
-            Command("get", b"y"),
-            Command("get", b"x"),
-            Command("incr", b"n", delta=1),
-            Command("set", b"s", b"v"),
-            Command("delete", b"x"),
-            Command("add", b"a", b"1"),
+            Get(b"y"),
+            Get(b"x"),
+            Incr(b"n", delta=1),
+            Set(b"s", b"v"),
+            Delete(b"x"),
+            Add(b"a", b"1"),
         ]
     )
     assert results[0] == b"y0"  # GET and plain SET end the same when run twice: resent
@@ -313,7 +313,7 @@ def test_a_frozen_master_fails_its_keys_within_the_bound(cluster: RedisCluster) 
             assert time.monotonic() - started < bound
             assert caught.value.server == f"{cluster.host}:{victim}"
         started = time.monotonic()
-        results = backend.batch([Command("get", key) for key in keys])
+        results = backend.batch([Get(key) for key in keys])
         assert time.monotonic() - started < bound
         for key, result in zip(keys, results, strict=True):
             if key in frozen:
@@ -368,15 +368,15 @@ def test_batches_follow_a_slot_migrated_key_by_key(cluster: RedisCluster) -> Non
         for key in moving:
             _command(nodes[source], "MIGRATE", cluster.host, target, key, 0, 5000)
             assert backend.get_many(*everything) == expected
-            reads = backend.batch([Command("gets", key) for key in everything])
+            reads = backend.batch([Gets(key) for key in everything])
             assert [r[0] if isinstance(r, tuple) else r for r in reads] == expected
             mixed = backend.batch(
                 [
-                    Command("incr", b"{moving}:n", delta=1),
-                    Command("get", moving[0]),
-                    Command("set", b"{moving}:w", b"w"),
-                    Command("get", b"{moving}:w"),
-                    Command("get", still[0]),
+                    Incr(b"{moving}:n", delta=1),
+                    Get(moving[0]),
+                    Set(b"{moving}:w", b"w"),
+                    Get(b"{moving}:w"),
+                    Get(still[0]),
                 ]
             )
             increments += 1

@@ -16,6 +16,11 @@ plugin turns "Cannot infer value of type parameter" into precise messages). Ever
 marker must be reported on its line and nothing else may be reported (notes other
 than ``Revealed type`` ones are hints attached to errors and are not compared).
 
+The documentation's examples are checked too: every ``python`` block of
+``README.md``, ``docs/fields.md`` and ``docs/typing.md`` (one module per document,
+each line at its own line number) must be clean in all three runs, as a user
+pasting them would find them.
+
 mypy runs once per configuration over all its files, with a cache under pytest's
 tmp dir, since each run takes seconds.
 """
@@ -28,6 +33,7 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +44,14 @@ ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "typing_cases"
 CONFIG = CASES / "mypy.ini"
 
+DOCS = {
+    "readme_examples.py": ROOT / "README.md",
+    "fields_examples.py": ROOT / "docs" / "fields.md",
+    "typing_guide_examples.py": ROOT / "docs" / "typing.md",
+}
+"""The documents whose ``python`` blocks are type-checked, by the module they become."""
+
+_FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _MARKER = re.compile(r"#\s*([EN])(?:\[(plain|plugin)\])?:\s*(.*?)\s*(?=#\s*[EN][\[:]|$)")
 _REPORT = re.compile(r"^(?P<path>[^:]+):(?P<line>\d+): (?P<kind>error|note): (?P<msg>.*)$")
 
@@ -101,20 +115,52 @@ def _run_mypy(name: str, files: list[Path], config_text: str, tmp: Path) -> Mypy
     return MypyRun(name, reports, stdout, status)
 
 
+def _doc_as_module(doc: Path) -> str:
+    """The document's ``python`` blocks as one module, each line at its own line number.
+
+    Everything outside the blocks becomes a blank line, so a checker's report
+    names the document's own line.
+    """
+    text = doc.read_text(encoding="utf-8")
+    lines = [""] * (text.count("\n") + 1)
+    for block in _FENCE.finditer(text):
+        first = text.count("\n", 0, block.start(1))
+        for offset, line in enumerate(block[1].splitlines()):
+            lines[first + offset] = line
+    return "\n".join(lines) + "\n"
+
+
 @pytest.fixture(scope="session")
-def plugin_run(tmp_path_factory: pytest.TempPathFactory) -> MypyRun:
+def doc_modules(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The documents' examples written out as modules, for the checkers to read."""
+    tmp = tmp_path_factory.mktemp("docs")
+    modules = []
+    for name, doc in DOCS.items():
+        module = tmp / name
+        module.write_text(_doc_as_module(doc), encoding="utf-8")
+        modules.append(module)
+    return modules
+
+
+@pytest.fixture(scope="session")
+def plugin_run(tmp_path_factory: pytest.TempPathFactory, doc_modules: list[Path]) -> MypyRun:
     return _run_mypy(
-        "plugin", PLUGIN_FILES, CONFIG.read_text(), tmp_path_factory.mktemp("mypy-plugin")
+        "plugin",
+        [*PLUGIN_FILES, *doc_modules],
+        CONFIG.read_text(),
+        tmp_path_factory.mktemp("mypy-plugin"),
     )
 
 
 @pytest.fixture(scope="session")
-def plain_run(tmp_path_factory: pytest.TempPathFactory) -> MypyRun:
+def plain_run(tmp_path_factory: pytest.TempPathFactory, doc_modules: list[Path]) -> MypyRun:
     text = "\n".join(
         line for line in CONFIG.read_text().splitlines() if not line.startswith("plugins")
     )
     assert text != CONFIG.read_text()
-    return _run_mypy("plain", PLAIN_FILES, text + "\n", tmp_path_factory.mktemp("mypy-plain"))
+    return _run_mypy(
+        "plain", [*PLAIN_FILES, *doc_modules], text + "\n", tmp_path_factory.mktemp("mypy-plain")
+    )
 
 
 def _compare(path: Path, run: MypyRun) -> None:
@@ -167,8 +213,10 @@ def _pyright() -> str:
 
 
 @pytest.fixture(scope="session")
-def pyright_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[int]]:
-    """Lines pyright (strict) reports an error on, per case file it checks."""
+def pyright_errors(
+    tmp_path_factory: pytest.TempPathFactory, doc_modules: list[Path]
+) -> dict[str, dict[int, list[str]]]:
+    """The errors pyright (strict) reports, by line, per case file it checks."""
     tmp = tmp_path_factory.mktemp("pyright")
     config = {
         "pythonVersion": "3.11",
@@ -177,7 +225,7 @@ def pyright_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[in
         "extraPaths": [str(ROOT)],
     }
     (tmp / "pyrightconfig.json").write_text(json.dumps(config))
-    files = [*PYRIGHT_FILES, *PYRIGHT_ERROR_FILES]
+    files = [*PYRIGHT_FILES, *PYRIGHT_ERROR_FILES, *doc_modules]
     done = subprocess.run(
         [
             _pyright(),
@@ -196,17 +244,19 @@ def pyright_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[in
     )
     report = json.loads(done.stdout)
     assert report["summary"]["filesAnalyzed"] >= len(files), done.stdout
-    errors: dict[str, set[int]] = {path.name: set() for path in files}
+    errors: dict[str, dict[int, list[str]]] = {path.name: defaultdict(list) for path in files}
     for diagnostic in report["generalDiagnostics"]:
         if diagnostic["severity"] == "error":
             line = diagnostic["range"]["start"]["line"] + 1
-            errors[Path(diagnostic["file"]).name].add(line)
+            errors[Path(diagnostic["file"]).name][line].append(diagnostic["message"])
     return errors
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", PYRIGHT_FILES, ids=lambda p: p.name)
-def test_pyright_accepts_plugin_free_cases(path: Path, pyright_errors: dict[str, set[int]]) -> None:
+def test_pyright_accepts_plugin_free_cases(
+    path: Path, pyright_errors: dict[str, dict[int, list[str]]]
+) -> None:
     assert not pyright_errors[path.name], (
         f"pyright errors on lines {sorted(pyright_errors[path.name])}"
     )
@@ -215,7 +265,48 @@ def test_pyright_accepts_plugin_free_cases(path: Path, pyright_errors: dict[str,
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", PYRIGHT_ERROR_FILES, ids=lambda p: p.name)
 def test_pyright_catches_the_plain_mistakes(
-    path: Path, pyright_errors: dict[str, set[int]]
+    path: Path, pyright_errors: dict[str, dict[int, list[str]]]
 ) -> None:
     marked = {line for line, wanted in _expectations(path, "plain").items() if wanted}
-    assert pyright_errors[path.name] == marked
+    assert set(pyright_errors[path.name]) == marked
+
+
+# ------------------------------------------------- the documentation's examples
+
+
+def _doc_problems(doc: Path, reported: Mapping[int, Sequence[object]]) -> str:
+    return "\n".join(
+        f"{doc.name}:{line}: {msg}" for line, msgs in sorted(reported.items()) for msg in msgs
+    )
+
+
+def test_doc_modules_hold_the_quickstart_and_hooks(doc_modules: list[Path]) -> None:
+    """Guards the extraction: the examples the issue names are among what is checked."""
+    readme = next(m for m in doc_modules if m.name == "readme_examples.py").read_text()
+    for line in (
+        'PERSON = co.Schema(Person, key="name")',  # the quickstart, unannotated
+        'assert co.get_or_load(people, "Dee", load_person) == Person("Dee", 170.0)',
+        'audited = co.on(people, "before_insert", stamp_email)',
+        'tidied = co.on(collections, "before_update", tidy)',
+    ):
+        assert line in readme.splitlines()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", DOCS, ids=lambda name: DOCS[name].name)
+@pytest.mark.parametrize("run_name", ["plugin", "plain"])
+def test_doc_examples_pass_mypy(name: str, run_name: str, request: pytest.FixtureRequest) -> None:
+    """The README quickstart and hooks, the field and typing guides: clean under mypy --strict."""
+    run: MypyRun = request.getfixturevalue(f"{run_name}_run")
+    reported = run.reports.get(name, {})
+    errors = {line: got for line, got in reported.items() if any(k == "error" for k, _ in got)}
+    assert not errors, f"mypy ({run_name}):\n" + _doc_problems(DOCS[name], errors)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", DOCS, ids=lambda name: DOCS[name].name)
+def test_doc_examples_pass_pyright(
+    name: str, pyright_errors: dict[str, dict[int, list[str]]]
+) -> None:
+    errors = pyright_errors[name]
+    assert not errors, "pyright (strict):\n" + _doc_problems(DOCS[name], errors)

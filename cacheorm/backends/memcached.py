@@ -44,20 +44,20 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Final, Generic, NamedTuple, NoReturn, TypeAlias, TypeVar, cast
-
-from cacheorm.backends.base import (
-    INT64_MAX,
-    KEEP_TTL,
-    TTL,
-    CasToken,
-    Command,
-    Keep,
-    check_delta,
-    counter_sum,
-    resolve_ttl,
+from typing import (
+    TYPE_CHECKING,
+    Final,
+    Generic,
+    NamedTuple,
+    NoReturn,
+    TypeAlias,
+    TypeVar,
+    assert_never,
+    cast,
 )
-from cacheorm.backends.memory import parse_counter
+
+from cacheorm.backends import base
+from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, resolve_ttl
 from cacheorm.errors import (
     BackendError,
     CacheORMError,
@@ -316,22 +316,19 @@ def _write_job(verb: bytes, key: bytes, value: bytes, expiry: tuple[int, int]) -
     return _Job(key, False, request=request, finish=_set if verb == b"set" else _stored)
 
 
-def _write_expiry(ttl: object, default: int) -> tuple[int, int]:
-    """``(exptime, flags)`` of a ``set``/``add``/``replace`` TTL.
+def _write_expiry(ttl: TTL, default: int) -> tuple[int, int]:
+    """``(exptime, flags)`` of a ``set``/``add``/``replace``/``touch`` TTL.
 
     Raises:
-        ValidationError: an illegal TTL, or ``KEEP_TTL``.
+        ValidationError: an illegal TTL.
     """
-    if isinstance(ttl, Keep):
-        raise ValidationError("KEEP_TTL is only valid for cas")
     return _expiry(resolve_ttl(ttl, default))
 
 
 def _cas_steps(
     key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None, default: int
 ) -> _Steps[bool]:
-    if not isinstance(token, _McToken):
-        raise ValidationError("cas needs the token returned by this backend's gets")
+    token = base.check_token(token, _McToken, "cas")
     if ttl is KEEP_TTL:  # re-send the absolute expiry remembered in the item's flags
         exptime, flags = _kept_expiry(token.flags), token.flags
     else:
@@ -340,14 +337,13 @@ def _cas_steps(
 
 
 def _delete_if_steps(key: bytes, token: CasToken) -> _Steps[bool]:
-    if not isinstance(token, _McToken):
-        raise ValidationError("delete_if needs the token returned by this backend's gets")
+    token = base.check_token(token, _McToken, "delete_if")
     # memcached has no compare-and-delete: a cas with a negative exptime writes an
     # already-expired item, which no later read can see.
     return (yield _storage(b"cas", key, b"", -1, 0, token.cas)) == b"STORED"
 
 
-def _touch_steps(key: bytes, ttl: object, default: int) -> _Steps[bool]:
+def _touch_steps(key: bytes, ttl: TTL, default: int) -> _Steps[bool]:
     """``gets`` + ``cas`` rather than memcached ``touch``: the flags must learn the new expiry."""
     exptime, flags = _write_expiry(ttl, default)
     for _ in range(_CAS_RETRIES):
@@ -360,10 +356,9 @@ def _touch_steps(key: bytes, ttl: object, default: int) -> _Steps[bool]:
     raise ConflictError(f"memcached touch of {key!r} lost {_CAS_RETRIES} races in a row")
 
 
-def _incr_steps(key: bytes, delta: object) -> _Steps[int]:
+def _incr_steps(key: bytes, delta: int) -> _Steps[int]:
     """Native ``incr`` where memcached can do it (non-negative value and delta), else a cas loop."""
-    delta = check_delta(delta)
-    if 0 <= delta < 2**63:
+    if 0 <= delta <= base.INT64_MAX:
         for _ in range(_CAS_RETRIES):
             try:
                 result = yield from _counter(b"incr", key, delta)
@@ -374,9 +369,9 @@ def _incr_steps(key: bytes, delta: object) -> _Steps[int]:
                     raise
                 break  # "non-numeric value": a negative counter; the cas loop handles it
             if result is not None:
-                if result > INT64_MAX:  # memcached counts in unsigned 64 bits; we don't
+                if result > base.INT64_MAX:  # memcached counts in unsigned 64 bits; we don't
                     yield from _counter(b"decr", key, delta)
-                    counter_sum(result - delta, delta, key)  # raises ValidationError
+                    base.counter_sum(result - delta, delta, key)  # raises ValidationError
                 return result
             if (yield from _store(_storage(b"add", key, b"%d" % delta, 0, 0))) == b"STORED":
                 return delta
@@ -392,7 +387,7 @@ def _cas_add_steps(key: bytes, delta: int) -> _Steps[int]:
                 return delta
             continue
         value, flags, unique = item
-        new = counter_sum(parse_counter(value, key), delta, key)
+        new = base.counter_sum(base.parse_counter(value, key), delta, key)
         reply = yield from _store(
             _storage(b"cas", key, b"%d" % new, _kept_expiry(flags), flags, unique)
         )
@@ -1069,12 +1064,12 @@ class MemcachedBackend:
         otherwise a ``gets``/``cas`` loop, so the result may go below zero.
         """
         k = memcached_key(key)
-        return self._one(_Job(k, False, _incr_steps(k, delta)))
+        return self._one(_Job(k, False, _incr_steps(k, base.check_delta(delta))))
 
     def decr(self, key: bytes, delta: int = 1) -> int:
         """Subtract ``delta`` atomically and return the new value (may go below zero)."""
-        check_delta(delta)
-        return self.incr(key, -delta)
+        k = memcached_key(key)
+        return self._one(_Job(k, False, _incr_steps(k, -base.check_delta(delta))))
 
     def touch(self, key: bytes, ttl: TTL = None) -> bool:
         """Reset the key's TTL. Return whether the key exists.
@@ -1140,31 +1135,39 @@ class MemcachedBackend:
 
 
 def _job(command: Command, default: int) -> _Job[object]:
-    """One batch command as a job (the commands :func:`~cacheorm.backends.base.apply` maps).
+    """One batch command as a job.
 
     Raises:
-        ValidationError: an unknown command, or an illegal TTL.
+        ValidationError: an illegal TTL, or a token that is not this backend's.
     """
-    op, k, ttl = command.op, memcached_key(command.key), command.ttl
-    if op == "get":
+    k = memcached_key(command.key)
+    if type(command) is base.Get:  # the common case, ahead of the match (which costs 0.1 µs)
         return _get_job(k)
-    if op in ("set", "add", "replace"):
-        return _write_job(op.encode(), k, command.value, _write_expiry(ttl, default))
-    if op == "gets":
-        return _gets_job(k)
-    if op == "has":
-        return _has_job(k)
-    if op == "delete":
-        return _delete_job(k)
-    if op == "cas":
-        return _Job(k, False, _cas_steps(k, command.value, command.token, ttl, default))
-    if op == "delete_if":
-        return _Job(k, True, _delete_if_steps(k, command.token))
-    if op == "touch":
-        return _Job(k, False, _touch_steps(k, ttl, default))
-    if op == "incr":
-        return _Job(k, False, _incr_steps(k, command.delta))
-    raise ValidationError(f"unknown batch command {op!r}")
+    # Class patterns without sub-patterns: capturing fields costs some
+    # 0.15 µs per command, 15 µs on a batch of 100.
+    match command:
+        case base.Get():
+            return _get_job(k)
+        case base.Set():
+            return _write_job(b"set", k, command.value, _write_expiry(command.ttl, default))
+        case base.Add():
+            return _write_job(b"add", k, command.value, _write_expiry(command.ttl, default))
+        case base.Replace():
+            return _write_job(b"replace", k, command.value, _write_expiry(command.ttl, default))
+        case base.Gets():
+            return _gets_job(k)
+        case base.Has():
+            return _has_job(k)
+        case base.Delete():
+            return _delete_job(k)
+        case base.Cas():
+            return _Job(k, False, _cas_steps(k, command.value, command.token, command.ttl, default))
+        case base.DeleteIf():
+            return _Job(k, True, _delete_if_steps(k, command.token))
+        case base.Incr():
+            return _Job(k, False, _incr_steps(k, command.delta))
+        case _:
+            assert_never(command)
 
 
 def _advance(

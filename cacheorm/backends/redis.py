@@ -33,15 +33,15 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Final, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol, assert_never, cast
 from urllib.parse import urlsplit
 
+from cacheorm.backends import base
 from cacheorm.backends.base import (
     KEEP_TTL,
     TTL,
     CasToken,
     Command,
-    CommandOp,
     Keep,
     apply,
     check_delta,
@@ -143,6 +143,29 @@ def _seconds(ttl: object, default: int) -> int:
 
 def _token(value: bytes) -> str:
     return hashlib.sha1(value).hexdigest()
+
+
+def _value(command: Command, reply: object) -> object:
+    """A command's result from its (successful) Redis reply."""
+    match command:
+        case base.Get():
+            return reply
+        case base.Gets():
+            return None if reply is None else (reply, _token(cast("bytes", reply)))
+        case base.Set():
+            return True
+        case base.Incr():
+            return cast("int", reply)
+        case (
+            base.Add() | base.Replace() | base.Cas() | base.Delete() | base.DeleteIf() | base.Has()
+        ):
+            return bool(reply)
+        case _:
+            assert_never(command)
+
+
+_READS: Final = frozenset({base.Get, base.Gets})
+"""Commands a batch of reads only may hold: it is then one ``MGET`` per slot."""
 
 
 def _pause(attempt: int) -> float:
@@ -771,55 +794,52 @@ class RedisBackend:
 
     # -- commands ----------------------------------------------------------------------
 
-    def _check_token(self, token: CasToken, op: str) -> str:
-        if not isinstance(token, str):
-            raise ValidationError(f"{op} needs the token returned by this backend's gets")
-        return token
-
     def _cas_ttl(self, ttl: int | Keep | None) -> int:
         return -1 if ttl is KEEP_TTL else _seconds(ttl, self.default_ttl)
 
     def _wire(self, command: Command) -> _Wire:
-        """The command as Redis runs it (the one place an op becomes a Redis command).
+        """The command as Redis runs it (the one place a command becomes a Redis command).
 
         Raises:
-            ValidationError: a bad TTL, delta or token, or an unknown op.
+            ValidationError: a bad TTL, or a token that is not this backend's.
         """
-        op, key, ttl = command.op, command.key, command.ttl
-        if op == "cas":
-            token = self._check_token(command.token, "cas")
-            args: tuple[object, ...] = (token, command.value, self._cas_ttl(ttl))
-            if len(command.value) > self._max_value_size:
-                return self._oversized(key)
-            return _Wire(("EVALSHA", _SHA["cas"], 1, key, *args), key, False)
-        if op == "delete_if":
-            token = self._check_token(command.token, "delete_if")
-            return _Wire(("EVALSHA", _SHA["delete_if"], 1, key, token), key, False)
-        if isinstance(ttl, Keep):
-            raise ValidationError("KEEP_TTL is only valid for cas")
-        if op in ("get", "gets"):
-            return _Wire(("GET", key), key, True)
-        if op in ("set", "add", "replace"):
-            seconds = _seconds(ttl, self.default_ttl)
-            if len(command.value) > self._max_value_size:
-                return self._oversized(key)
-            extra: tuple[object, ...] = ("EX", seconds) if seconds else ()
-            if op == "set":
-                return _Wire(("SET", key, command.value, *extra), key, True)
-            condition = "NX" if op == "add" else "XX"
-            return _Wire(("SET", key, command.value, condition, *extra), key, False)
-        if op == "delete":
-            return _Wire(("DEL", key), key, False)
-        if op == "has":
-            return _Wire(("EXISTS", key), key, True)
-        if op == "touch":
-            seconds = _seconds(ttl, self.default_ttl)
-            if seconds:
-                return _Wire(("EXPIRE", key, seconds), key, False)
-            return _Wire(("EVALSHA", _SHA["touch"], 1, key), key, False)
-        if op == "incr":
-            return _Wire(("INCRBY", key, check_delta(command.delta)), key, False)
-        raise ValidationError(f"unknown batch command {op!r}")
+        # Class patterns without sub-patterns: capturing fields costs some
+        # 0.15 µs per command, 15 µs on a batch of 100.
+        key = command.key
+        match command:
+            case base.Get() | base.Gets():
+                return _Wire(("GET", key), key, True)
+            case base.Set():
+                return self._store(key, command.value, command.ttl, ())
+            case base.Add():
+                return self._store(key, command.value, command.ttl, ("NX",))
+            case base.Replace():
+                return self._store(key, command.value, command.ttl, ("XX",))
+            case base.Cas():
+                token = base.check_token(command.token, str, "cas")  # SHA-1 hex
+                args = (token, command.value, self._cas_ttl(command.ttl))
+                if len(command.value) > self._max_value_size:
+                    return self._oversized(key)
+                return _Wire(("EVALSHA", _SHA["cas"], 1, key, *args), key, False)
+            case base.DeleteIf():
+                token = base.check_token(command.token, str, "delete_if")
+                return _Wire(("EVALSHA", _SHA["delete_if"], 1, key, token), key, False)
+            case base.Delete():
+                return _Wire(("DEL", key), key, False)
+            case base.Has():
+                return _Wire(("EXISTS", key), key, True)
+            case base.Incr():
+                return _Wire(("INCRBY", key, command.delta), key, False)
+            case _:
+                assert_never(command)
+
+    def _store(self, key: bytes, value: bytes, ttl: TTL, condition: tuple[str, ...]) -> _Wire:
+        """``SET [NX|XX] [EX]``: unconditional (``condition`` empty) is safe to resend."""
+        seconds = _seconds(ttl, self.default_ttl)
+        if len(value) > self._max_value_size:
+            return self._oversized(key)
+        extra: tuple[object, ...] = ("EX", seconds) if seconds else ()
+        return _Wire(("SET", key, value, *condition, *extra), key, not condition)
 
     def _oversized(self, key: bytes) -> _Wire:
         """Refuse a value over the limit, and make sure the key serves no older value."""
@@ -827,32 +847,20 @@ class RedisBackend:
         wire.too_large = True
         return wire
 
-    def _result(self, op: CommandOp, wire: _Wire) -> object:
+    def _result(self, command: Command, wire: _Wire) -> object:
         """The command's result from its wire's outcome (an error stays an error)."""
         reply = wire.outcome
         if isinstance(reply, CacheORMError):
             return reply
         if wire.too_large:
             return self._too_large()
-        return self._value(op, reply)
-
-    @staticmethod
-    def _value(op: CommandOp, reply: object) -> object:
-        if op == "get":
-            return reply
-        if op == "gets":
-            return None if reply is None else (reply, _token(cast("bytes", reply)))
-        if op == "set":
-            return True
-        if op == "incr":
-            return cast("int", reply)
-        return bool(reply)
+        return _value(command, reply)
 
     def _one(self, command: Command) -> object:
         """Run one command; return its result or raise its error."""
         wire = self._wire(command)
         self._run((wire,))
-        result = self._result(command.op, wire)
+        result = self._result(command, wire)
         if isinstance(result, CacheORMError):
             raise result
         return result
@@ -907,15 +915,15 @@ class RedisBackend:
 
     def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
         """Store ``value`` unconditionally (``SET``, with ``EX`` unless the TTL is 0)."""
-        self._one(Command("set", key, value, ttl))
+        self._one(base.Set(key, value, ttl))
 
     def add(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
         """Store only if absent, in one ``SET NX [EX]``. Return whether it was stored."""
-        return cast("bool", self._one(Command("add", key, value, ttl)))
+        return cast("bool", self._one(base.Add(key, value, ttl)))
 
     def replace(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
         """Store only if present, in one ``SET XX [EX]``. Return whether it was stored."""
-        return cast("bool", self._one(Command("replace", key, value, ttl)))
+        return cast("bool", self._one(base.Replace(key, value, ttl)))
 
     def delete(self, key: bytes) -> bool:
         """Remove the key. Return whether it existed."""
@@ -969,7 +977,7 @@ class RedisBackend:
         An oversized value is refused with ``ValueTooLarge`` before anything is
         sent, and its key deleted.
         """
-        wires = [self._wire(Command("set", key, value, ttl)) for key, value in mapping.items()]
+        wires = [self._wire(base.Set(key, value, ttl)) for key, value in mapping.items()]
         oversized = [wire for wire in wires if wire.too_large]
         self._run_all(oversized or wires)
         if oversized:
@@ -977,10 +985,10 @@ class RedisBackend:
 
     def replace_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> list[bool]:
         """Replace each present key (``SET XX``, pipelined); return whether each was stored."""
-        commands = [Command("replace", key, value, ttl) for key, value in mapping.items()]
+        commands = [base.Replace(key, value, ttl) for key, value in mapping.items()]
         wires = [self._wire(command) for command in commands]
         self._run(wires)
-        results = [self._result("replace", wire) for wire in wires]
+        results = [self._result(c, wire) for c, wire in zip(commands, wires, strict=True)]
         for result in results:
             if isinstance(result, CacheORMError):
                 raise result
@@ -998,7 +1006,7 @@ class RedisBackend:
 
     def incr(self, key: bytes, delta: int = 1) -> int:
         """``INCRBY``: a missing key counts as 0; the result may be negative."""
-        return cast("int", self._one(Command("incr", key, delta=delta)))
+        return cast("int", self._one(base.Incr(key, check_delta(delta))))
 
     def decr(self, key: bytes, delta: int = 1) -> int:
         """``DECRBY``: a missing key counts as 0; the result may be negative."""
@@ -1006,7 +1014,10 @@ class RedisBackend:
 
     def touch(self, key: bytes, ttl: TTL = None) -> bool:
         """Reset the TTL (``EXPIRE``, or ``PERSIST`` for 0). Return whether the key exists."""
-        return cast("bool", self._one(Command("touch", key, ttl=ttl)))
+        seconds = _seconds(ttl, self.default_ttl)
+        if seconds:
+            return bool(self._call(("EXPIRE", key, seconds), key, False))
+        return bool(self._call(("EVALSHA", _SHA["touch"], 1, key), key, False))
 
     def gets(self, key: bytes) -> tuple[bytes, CasToken] | None:
         """Return the value and a token (the value's SHA-1), or ``None`` when absent."""
@@ -1017,11 +1028,11 @@ class RedisBackend:
         self, key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None = KEEP_TTL
     ) -> bool:
         """Store ``value`` only if the key still holds the value ``gets`` read (one Lua call)."""
-        return cast("bool", self._one(Command("cas", key, value, ttl, token)))
+        return cast("bool", self._one(base.Cas(key, value, token, ttl)))
 
     def delete_if(self, key: bytes, token: CasToken) -> bool:
         """Delete the key only if it still holds the value ``gets`` read (one Lua call)."""
-        return cast("bool", self._one(Command("delete_if", key, token=token)))
+        return cast("bool", self._one(base.DeleteIf(key, token)))
 
     def batch(self, commands: Sequence[Command]) -> list[object]:
         """Run the commands in one round trip per server; results (or errors) in order.
@@ -1035,13 +1046,13 @@ class RedisBackend:
         """
         if len(commands) <= 1:
             return [self._run_one(command) for command in commands]
-        ops = {command.op for command in commands}
-        if ops <= {"get", "gets"}:
+        kinds = {type(command) for command in commands}
+        if kinds <= _READS:
             values = self._mget([command.key for command in commands])
-            if ops == {"get"}:
+            if kinds == {base.Get}:
                 return values  # each a value, or the error that kept its key from being read
             return [
-                value if isinstance(value, CacheORMError) else self._value(command.op, value)
+                value if isinstance(value, CacheORMError) else _value(command, value)
                 for command, value in zip(commands, values, strict=True)
             ]
         results: list[object] = [None] * len(commands)
@@ -1061,7 +1072,7 @@ class RedisBackend:
             queued.append(index)
         self._run(wires)
         for index, wire in zip(queued, wires, strict=True):
-            results[index] = self._result(commands[index].op, wire)
+            results[index] = self._result(commands[index], wire)
         return results
 
     def _run_one(self, command: Command) -> object:

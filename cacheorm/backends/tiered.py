@@ -26,8 +26,9 @@ import logging
 import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Final
+from typing import Final, assert_never
 
+from cacheorm.backends import base
 from cacheorm.backends.base import KEEP_TTL, TTL, Backend, CasToken, Command, Keep, resolve_ttl
 from cacheorm.errors import CacheORMError
 
@@ -40,6 +41,33 @@ FILL_TTL: Final = 60
 
 Shorter when the far entry expires sooner.
 """
+
+
+def _near_candidates(commands: Sequence[Command]) -> list[int]:
+    """Indexes of the ``get`` commands ``near`` may answer: no earlier command writes their key."""
+    written: set[bytes] = set()
+    candidates: list[int] = []
+    for i, command in enumerate(commands):
+        if type(command) is base.Get:  # the common case, at half the cost of the match
+            if command.key not in written:
+                candidates.append(i)
+            continue
+        match command:
+            case base.Get() | base.Gets() | base.Has():
+                pass
+            case (
+                base.Set()
+                | base.Add()
+                | base.Replace()
+                | base.Cas()
+                | base.Delete()
+                | base.DeleteIf()
+                | base.Incr()
+            ):
+                written.add(command.key)
+            case _:
+                assert_never(command)
+    return candidates
 
 
 def _shorter(a: int, b: int) -> int:
@@ -89,7 +117,8 @@ class TieredBackend:
 
     @default_ttl.setter
     def default_ttl(self, value: int) -> None:
-        self.far.default_ttl = value
+        # Backend only promises to read default_ttl; every cacheorm backend's is settable.
+        self.far.default_ttl = value  # type: ignore[misc]  # see above
 
     def _near_ttl(self, ttl: int | None) -> int:
         """The TTL of a near copy written alongside a far write with ``ttl``."""
@@ -339,14 +368,7 @@ class TieredBackend:
         (deletes, counters, ``gets``, failures) dropped.
         """
         results: list[object] = [None] * len(commands)
-        written: set[bytes] = set()
-        candidates: list[int] = []
-        for i, c in enumerate(commands):
-            if c.op == "get":
-                if c.key not in written:
-                    candidates.append(i)
-            elif c.op not in ("gets", "has"):
-                written.add(c.key)
+        candidates = _near_candidates(commands)
         near_values = (
             self.near.get_many(*[commands[i].key for i in candidates]) if candidates else []
         )
@@ -390,22 +412,32 @@ class TieredBackend:
         final: dict[bytes, tuple[bytes, int] | None] = {}
         near_ttls: dict[int | None, int] = {}  # far TTL -> near TTL, computed once per batch
         for command, answer in zip(commands, answers, strict=True):
-            op, ttl = command.op, command.ttl
-            if op in ("get", "has"):
-                # Reads change nothing. (A get reaches far.batch only after a write
-                # of its key, whose own follow-up already copies or drops it.)
-                continue
-            if (
-                op in ("set", "add", "replace", "cas")
-                and answer is True
-                and not isinstance(ttl, Keep)
-            ):
-                near_ttl = near_ttls.get(ttl)
-                if near_ttl is None:
-                    near_ttl = near_ttls[ttl] = self._near_ttl(ttl)
-                final[command.key] = (command.value, near_ttl)
-            else:
-                final[command.key] = None
+            match command:  # the common case first: each case tried costs about 0.05 µs
+                case base.Set() | base.Add() | base.Replace() | base.Cas() if (
+                    answer is True and not isinstance(command.ttl, Keep)
+                ):
+                    ttl = command.ttl
+                    near_ttl = near_ttls.get(ttl)
+                    if near_ttl is None:
+                        near_ttl = near_ttls[ttl] = self._near_ttl(ttl)
+                    final[command.key] = (command.value, near_ttl)
+                case base.Get() | base.Has():
+                    # Reads change nothing. (A get reaches far.batch only after a write
+                    # of its key, whose own follow-up already copies or drops it.)
+                    continue
+                case (
+                    base.Set()
+                    | base.Add()
+                    | base.Replace()
+                    | base.Cas()
+                    | base.Gets()
+                    | base.Delete()
+                    | base.DeleteIf()
+                    | base.Incr()
+                ):
+                    final[command.key] = None  # failed, kept its TTL, or not a value: drop
+                case _:
+                    assert_never(command)
         if not final:
             return
         copies: dict[int, dict[bytes, bytes]] = {}

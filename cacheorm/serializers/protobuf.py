@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, NoReturn, TypeVar
 
+from cacheorm.backends.base import is_int
 from cacheorm.errors import DecodeError, SchemaError, ValidationError
 
 if TYPE_CHECKING:
@@ -159,10 +160,10 @@ def _check_scalar(field: FieldDescriptor, value: object, path: str) -> None:
         field.CPPTYPE_UINT64,
         field.CPPTYPE_ENUM,
     ):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             _wrong(path, "an int", value)
     elif kind in (field.CPPTYPE_DOUBLE, field.CPPTYPE_FLOAT):
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not (is_int(value) or isinstance(value, float)):
             _wrong(path, "a float", value)
     elif kind == field.CPPTYPE_BOOL:
         if not isinstance(value, bool):

@@ -26,6 +26,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from cacheorm.backends.base import is_int
 from cacheorm.errors import DecodeError, ValidationError
 from cacheorm.serializers.base import KeyedSerializer
 from cacheorm.serializers.registry import resolve
@@ -93,7 +94,7 @@ class CompressedSerializer:
     def __post_init__(self) -> None:
         for name in ("min_size", "max_size", "max_ratio"):
             value: object = getattr(self, name)  # checked at run time: callers may be untyped
-            if isinstance(value, bool) or not isinstance(value, int):
+            if not is_int(value):
                 raise TypeError(f"{name} must be an int, not {value!r}")
         if self.min_size < 0:
             raise ValueError(f"min_size must be >= 0, not {self.min_size}")

@@ -55,5 +55,5 @@ class Note(NamedTuple):
 
 
 notes = co.Repo(co.Schema(Note, key="id", fields={"id": co.AutoField()}))
-assert_type(notes, co.Repo[Note, int])
+assert_type(notes, co.Repo[Note, int | None])
 assert_type(co.get(notes, 1), Note)
