@@ -33,8 +33,8 @@ class Collection(TypedDict):
     remark: str
 
 
-PERSON = co.Schema(Person, key="name")
-COLLECTION = co.Schema(
+PERSON: co.Schema[Person, str] = co.Schema(Person, key="name")
+COLLECTION: co.Schema[Collection, tuple[str, int]] = co.Schema(
     Collection,
     key=("collector", "note_id"),
     key_format="collection.%s.%d",
@@ -60,10 +60,18 @@ def make_backend(args: argparse.Namespace) -> co.Backend:
 
 
 def walk(backend: co.Backend, namespace: str) -> None:
-    """The tour itself: every call below is the public API."""
+    """The tour itself: every call in the steps below is the public API."""
     people = co.Repo(PERSON, backend=backend, serializer="msgpack", ttl=3600, namespace=namespace)
     collections = co.Repo(COLLECTION, backend=backend, serializer="json", namespace=namespace)
+    records(people)
+    batches(people, collections)
+    read_through(people)
+    expiry_and_delete(people, collections)
+    print(f"\nDone at {dt.datetime.now(dt.UTC):%H:%M:%S} UTC.")
 
+
+def records(people: co.Repo[Person, str]) -> None:
+    """Insert, get, update, modify, add."""
     step("insert and get: typed records in, the same typed records out")
     sam = co.insert(people, Person("Sam", 178.8, email="sam@example.com"))
     show("co.insert(people, Person('Sam', ...))", sam)
@@ -90,6 +98,11 @@ def walk(backend: co.Backend, namespace: str) -> None:
     except co.AlreadyExists as err:
         show("co.add(people, Person('Sam', ...))", err)
 
+
+def batches(
+    people: co.Repo[Person, str], collections: co.Repo[Collection, tuple[str, int]]
+) -> None:
+    """Batch calls, a composite key, a pipeline over two repos."""
     step("batches: one round trip each")
     bob, ann = Person("Bob", 182.4), Person("Ann", 165.0)
     show("co.insert_many(people, [bob, ann])", co.insert_many(people, [bob, ann]))
@@ -108,6 +121,9 @@ def walk(backend: co.Backend, namespace: str) -> None:
     )
     show("co.execute(get, exists, delete)", results)
 
+
+def read_through(people: co.Repo[Person, str]) -> None:
+    """get_or_load calls its loader once."""
     step("read-through: the loader runs once, then the cache answers")
     calls: list[str] = []
 
@@ -119,6 +135,11 @@ def walk(backend: co.Backend, namespace: str) -> None:
     co.get_or_load(people, "Cleo", load_person)
     show("loader calls for two get_or_load", calls)
 
+
+def expiry_and_delete(
+    people: co.Repo[Person, str], collections: co.Repo[Collection, tuple[str, int]]
+) -> None:
+    """A short TTL expires; deletes say whether the record existed."""
     # memcached counts TTLs in whole seconds of its own clock: allow two.
     step("TTL: a record written with ttl=1 is gone two seconds later")
     short = people.replace(ttl=1)
@@ -134,7 +155,6 @@ def walk(backend: co.Backend, namespace: str) -> None:
         co.delete_many(people, ["Ann", "Cleo", "Zed"]),
     )
     co.delete(collections, ("Bob", 1))
-    print(f"\nDone at {dt.datetime.now(dt.UTC):%H:%M:%S} UTC.")
 
 
 def main(argv: list[str] | None = None) -> None:
