@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from bench import backends, records, serializers
+from bench import aio, backends, records, serializers
 
 
 def main() -> None:
     serializers.main()
     backends.main()
     records.main()
+    aio.main()
 
 
 if __name__ == "__main__":

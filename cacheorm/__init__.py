@@ -17,9 +17,15 @@ This module only re-exports the public surface; see ``__all__``. The record
 functions are declared once each, in :mod:`cacheorm.crud`.
 """
 
+from cacheorm import aio as aio
 from cacheorm import crud as crud
 from cacheorm import ops as ops
+from cacheorm.backends.afilesystem import AsyncFileSystemBackend as AsyncFileSystemBackend
+from cacheorm.backends.amemcached import AsyncMemcachedBackend as AsyncMemcachedBackend
+from cacheorm.backends.aredis import AsyncRedisBackend as AsyncRedisBackend
+from cacheorm.backends.atiered import AsyncTieredBackend as AsyncTieredBackend
 from cacheorm.backends.base import KEEP_TTL as KEEP_TTL
+from cacheorm.backends.base import AsyncBackend as AsyncBackend
 from cacheorm.backends.base import Backend as Backend
 from cacheorm.backends.filesystem import FileSystemBackend as FileSystemBackend
 from cacheorm.backends.memcached import MemcachedBackend as MemcachedBackend
@@ -75,6 +81,11 @@ __version__ = "0.1.0"
 __all__ = [
     "KEEP_TTL",
     "AlreadyExists",
+    "AsyncMemcachedBackend",
+    "AsyncBackend",
+    "AsyncFileSystemBackend",
+    "AsyncRedisBackend",
+    "AsyncTieredBackend",
     "AutoField",
     "Backend",
     "BackendError",
@@ -120,6 +131,7 @@ __all__ = [
     "compressed",
     "execute",
     "on",
+    "aio",
     "ops",
     "registry",
     "signed",

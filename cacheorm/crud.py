@@ -650,7 +650,15 @@ def _plan_get_or_load(
             return (yield from _plan_load(repo, key, bkey, loader))
         if found is not None:
             return found
-        (locked,) = yield [Add(lock, token, lock_ttl)]
+        try:
+            (locked,) = yield [Add(lock, token, lock_ttl)]
+        except GeneratorExit:
+            raise
+        except BaseException:
+            # The add may have run (its reply lost, its task cancelled): give back
+            # the lock if it is ours, then let the error through.
+            yield from _plan_release_quietly(lock, token)
+            raise
         if isinstance(locked, BackendError) and _miss_mode(repo):
             # The lock cannot be taken: load without it, as after `wait`.
             return (yield from _plan_load_and_store(repo, key, bkey, loader))
@@ -752,13 +760,40 @@ def _plan_read_valid(repo: Repo[R, K], bkey: bytes, key: K) -> Plan[R | BackendE
         return None
 
 
+RELEASE_ATTEMPTS = 3
+"""Times a lock release cut short by the caller's cancellation is run again."""
+
+
 def _plan_release(lock: bytes, token: bytes) -> Plan[None]:
-    """Delete the stampede lock only if we still own it."""
-    (got,) = yield [Gets(lock)]
-    if got is not None and not isinstance(got, BaseException):
-        value, cas_token = _as_pair(got)
-        if value == token:
-            yield [DeleteIf(lock, cas_token)]
+    """Delete the stampede lock only if we still own it.
+
+    A release interrupted by a cancellation (an async caller's task cancelled or
+    timed out) is run again before the cancellation goes on: a lock left behind
+    would hold up every other caller of the key for ``lock_ttl``.
+    """
+    for attempt in range(RELEASE_ATTEMPTS):
+        try:
+            (got,) = yield [Gets(lock)]
+            if got is not None and not isinstance(got, BaseException):
+                value, cas_token = _as_pair(got)
+                if value == token:
+                    yield [DeleteIf(lock, cas_token)]
+            return None
+        except (GeneratorExit, CacheORMError):
+            raise
+        except BaseException:
+            if attempt == RELEASE_ATTEMPTS - 1:
+                raise
+    return None
+
+
+def _plan_release_quietly(lock: bytes, token: bytes) -> Plan[None]:
+    """:func:`_plan_release` on the way out of a failure: a store that cannot answer
+    now leaves the lock to expire after ``lock_ttl`` rather than hide the first error."""
+    try:
+        yield from _plan_release(lock, token)
+    except CacheORMError as err:
+        logger.debug("stampede lock %r left to expire: %s", lock, err)
     return None
 
 

@@ -14,43 +14,38 @@ finally returns the function's result. A step is
   it had called the function itself.
 
 A plan never sleeps, calls user code or does I/O itself (it may read the clock
-and draw random numbers), so any driver runs it. The drivers here are
-synchronous: a direct call such as ``co.get`` drives one plan (:func:`run_one`);
-``co.execute`` drives many at once (:func:`run_many`), merging each phase's
-commands per backend into one call; :func:`plan_all` runs plans in lockstep as
-one plan. All of them run the same plan code, so they cannot drift apart.
+and draw random numbers), so any driver runs it. A direct call such as
+``co.get`` drives one plan (:func:`run_one`); ``co.execute`` drives many at
+once (:func:`run_many`), merging each phase's commands per backend into one
+call; :func:`plan_all` runs plans in lockstep as one plan.
 
-An asynchronous driver runs the very same plans and differs only where it
-carries out a step; instructions are plain values, matched as here::
-
-    answer: list[object] | BaseException | None = None  # None: start the plan
-    while True:  # ends with the StopIteration that carries the plan's result
-        step = _resume(plan, answer)
-        try:
-            match step:
-                case Sleep(seconds):
-                    await asyncio.sleep(seconds)
-                    answer = []
-                case Call(fn):
-                    result = fn()
-                    if inspect.isawaitable(result):  # a coroutine loader or modify fn
-                        result = await result
-                    answer = [result]
-                case commands:
-                    answer = await async_dispatch(backend, commands)
-        except BaseException as err:  # CancelledError too: the plan releases its lock
-            answer = err
-
-and an async :func:`run_many` carries out :func:`_forward`'s instructions the
-same way. An async module derives its coroutine functions from
-:data:`DECLARED` (``Callable[P, T]`` to ``Callable[P, Awaitable[T]]``), as
+The asynchronous drivers, :func:`run_one_async` (``await aio.get``) and
+:func:`run_many_async` (``await aio.execute``), run the very same plans and
+differ only where they carry out a step: a phase is awaited on an
+:class:`~cacheorm.backends.base.AsyncBackend` (or run directly on an
+in-process store, which does no I/O), ``Sleep`` is ``asyncio.sleep``, and a
+``Call`` whose result is awaitable (a coroutine loader or ``modify``
+function) is awaited. :func:`run_many_async` shares :func:`run_many`'s
+bookkeeping (:func:`_next_phase`, :func:`_merged`, :func:`_share`,
+:func:`_forward`), so grouping, ordering and per-plan errors are the same. A
+cancellation (``task.cancel()``, ``asyncio.timeout``) met at an await is
+thrown into the plan like a failed call, so the plan cleans up first
+(``get_or_load`` releases its lock), then reaches the caller.
+:mod:`cacheorm.aio` derives its coroutine functions from :data:`DECLARED`
+(``Callable[P, T]`` to ``Callable[P, Coroutine[Any, Any, T]]``), as
 :func:`declare` derives the sync ones and :func:`cacheorm.ops.op` the op
 builders; only ``modify`` and ``get_or_load``, whose callables may there be
-coroutine functions, need signatures of their own.
+coroutine functions, have signatures of their own.
+
+A repo is checked once for the driver that serves it
+(:attr:`cacheorm.Repo.sync_backend`, :attr:`cacheorm.Repo.aio_direct`): an
+async backend given to ``co``, or a blocking one given to ``aio``, is a
+``TypeError``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -72,9 +67,9 @@ from typing import (
 
 from typing_extensions import TypeVar as TypeVarWithDefault
 
-from cacheorm.backends.base import Backend, Command, apply
+from cacheorm.backends.base import AsyncBackend, Backend, Command, apply, apply_async
 from cacheorm.errors import BackendError, CacheORMError
-from cacheorm.repo import Repo
+from cacheorm.repo import Repo, backend_driver
 
 __all__ = [
     "DECLARED",
@@ -89,7 +84,9 @@ __all__ = [
     "invoke",
     "plan_all",
     "run_many",
+    "run_many_async",
     "run_one",
+    "run_one_async",
 ]
 
 logger = logging.getLogger(__name__)
@@ -185,7 +182,7 @@ class Outage:
 
     @classmethod
     def observe(
-        cls, backend: Backend, commands: Sequence[Command], results: Sequence[object]
+        cls, backend: Backend | AsyncBackend, commands: Sequence[Command], results: Sequence[object]
     ) -> None:
         """Record which servers failed or answered in one call's ``results``."""
         if not cls._down and not any(isinstance(r, BackendError) for r in results):
@@ -272,6 +269,40 @@ def send_phase(backend: Backend, commands: Sequence[Command], miss_on_error: boo
     return results
 
 
+async def dispatch_async(
+    backend: Backend | AsyncBackend, commands: Sequence[Command], direct: bool
+) -> list[object]:
+    """:func:`dispatch` for the async driver: awaited on an :class:`AsyncBackend`.
+
+    ``direct``: ``backend`` is an in-process sync store (``MemoryBackend``),
+    called here and now, as it does no I/O.
+    """
+    if direct:
+        return dispatch(backend, commands)  # type: ignore[arg-type]  # direct: a sync Backend
+    aio_backend = cast("AsyncBackend", backend)
+    if len(commands) == 1:
+        return [await apply_async(aio_backend, commands[0])]
+    return await aio_backend.batch(commands)
+
+
+async def send_phase_async(
+    backend: Backend | AsyncBackend,
+    commands: Sequence[Command],
+    miss_on_error: bool,
+    direct: bool,
+) -> list[object]:
+    """:func:`send_phase` for the async driver (see :func:`dispatch_async`)."""
+    try:
+        results = await dispatch_async(backend, commands, direct)
+    except BackendError as err:
+        if not miss_on_error:
+            raise
+        results = [err] * len(commands)
+    if miss_on_error:
+        Outage.observe(backend, commands, results)
+    return results
+
+
 def _perform(plan: Generator[Y, list[object], object], step: Instruction) -> Y:
     """Carry out an instruction synchronously; return the plan's next step.
 
@@ -291,6 +322,29 @@ def _perform(plan: Generator[Y, list[object], object], step: Instruction) -> Y:
     except BaseException as err:
         return plan.throw(err)
     return plan.send(answer)
+
+
+async def _carry_out(step: Instruction) -> list[object] | BaseException:
+    """Carry out an instruction on the event loop: its answer, or the error it raised.
+
+    A :class:`Call` whose result is awaitable (a coroutine function's) is
+    awaited. The error (``CancelledError`` in a sleep or a loader included) is
+    for the driver to throw into the plan, as :func:`_perform` does.
+    """
+    try:
+        match step:
+            case Sleep(seconds):
+                await asyncio.sleep(seconds)
+                return []
+            case Call(fn):
+                result = fn()
+                if inspect.isawaitable(result):
+                    result = await result
+                return [result]
+            case _:
+                assert_never(step)
+    except BaseException as err:  # thrown into the plan by the driver, like _perform
+        return err
 
 
 def _resume(
@@ -330,10 +384,40 @@ def run_one(backend: Backend, plan: Plan[T], miss_on_error: bool = False) -> T:
         plan.close()
 
 
-class Job(NamedTuple):
-    """One plan for :func:`run_many`."""
+async def run_one_async(
+    backend: Backend | AsyncBackend, plan: Plan[T], miss_on_error: bool, direct: bool
+) -> T:
+    """:func:`run_one` on the event loop: the same plan, its steps awaited.
 
-    backend: Backend
+    ``direct``: ``backend`` is an in-process sync store, called directly (see
+    :func:`dispatch_async`). A cancellation (``task.cancel()``,
+    ``asyncio.timeout``) met at a phase or an instruction is thrown into the
+    plan like a failed call, so the plan cleans up first (``get_or_load``
+    releases its lock: the cancellation has been delivered, so that phase
+    runs); then it reaches the caller.
+    """
+    answer: list[object] | BaseException | None = None  # None: start the plan
+    try:
+        while True:  # ends with the StopIteration that carries the plan's result
+            step = _resume(plan, answer)
+            if isinstance(step, list):
+                try:
+                    answer = await send_phase_async(backend, step, miss_on_error, direct)
+                except (CacheORMError, asyncio.CancelledError) as err:
+                    answer = err
+            else:
+                answer = await _carry_out(step)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+    finally:
+        plan.close()
+
+
+class Job(NamedTuple):
+    """One plan for :func:`run_many` (or :func:`run_many_async`)."""
+
+    backend: Backend | AsyncBackend
     plan: Plan[object]
     miss_on_error: bool = False
     """The plan's repo has ``on_backend_error="miss"``: a call that fails as a
@@ -365,6 +449,12 @@ def run_many(jobs: Sequence[Job]) -> list[object]:
     Returns:
         Each plan's result in order, or the exception it raised.
     """
+    for job in jobs:
+        if backend_driver(job.backend) == "async":
+            raise TypeError(
+                f"{type(job.backend).__name__} is an async backend: run these ops with "
+                "`await cacheorm.aio.execute(...)`, not co.execute"
+            )
     results: list[object] = [None] * len(jobs)
     pending: dict[int, list[Command]] = {}
     touched: dict[int, set[tuple[int, bytes]]] = {}
@@ -372,11 +462,78 @@ def run_many(jobs: Sequence[Job]) -> list[object]:
         _advance(job.plan, i, None, pending, results)
     while pending:
         for members in _next_phase(jobs, pending, touched).values():
-            _run_group(jobs, members, pending, results)
-        for i in list(touched):
-            if i not in pending:
-                del touched[i]
+            backend = cast("Backend", jobs[members[0]].backend)  # checked above: not async
+            merged = _merged(members, pending)
+            try:
+                answers, whole = dispatch(backend, merged), None
+            except CacheORMError as err:
+                answers, whole = [err] * len(merged), err
+            for i, answer in _share(jobs, members, pending, merged, answers, whole):
+                _advance(jobs[i].plan, i, answer, pending, results)
+        _forget_finished(pending, touched)
     return results
+
+
+async def run_many_async(jobs: Sequence[Job]) -> list[object]:
+    """:func:`run_many` on the event loop: the same grouping, order and per-plan error rules.
+
+    A job's backend is an :class:`AsyncBackend` (awaited) or an in-process
+    sync store (called directly); the caller has checked it is one of them. A
+    phase's calls to distinct backends are made one after another, as in
+    :func:`run_many`. A cancellation met anywhere is thrown into every plan
+    still running (each cleans up: ``get_or_load`` releases its lock; nothing
+    else is sent for it), then re-raised.
+    """
+    results: list[object] = [None] * len(jobs)
+    pending: dict[int, list[Command]] = {}
+    touched: dict[int, set[tuple[int, bytes]]] = {}
+    direct = {id(job.backend): backend_driver(job.backend) != "async" for job in jobs}
+    cancelled: asyncio.CancelledError | None = None
+    told: set[int] = set()  # plans that have met the cancellation
+
+    async def advance(i: int, answer: list[object] | BaseException | None) -> None:
+        nonlocal cancelled
+        met = await _advance_async(jobs[i].plan, i, answer, pending, results, cancelled)
+        if met is not None:
+            cancelled = cancelled or met
+            told.add(i)
+
+    for i in range(len(jobs)):
+        await advance(i, cancelled if cancelled is not None else None)
+    while pending:
+        if cancelled is not None:
+            for i in sorted(pending):
+                if i not in told:  # its phase is not sent: the plan meets the cancellation
+                    del pending[i]
+                    await advance(i, cancelled)
+        for where, members in _next_phase(jobs, pending, touched).items():
+            merged = _merged(members, pending)
+            try:
+                answers = await dispatch_async(jobs[members[0]].backend, merged, direct[where])
+                shares = _share(jobs, members, pending, merged, answers, None)
+            except CacheORMError as err:
+                shares = _share(jobs, members, pending, merged, [err] * len(merged), err)
+            except asyncio.CancelledError as err:
+                shares = [(i, err) for i in members]
+                for i in members:
+                    del pending[i]
+            for i, answer in shares:
+                await advance(i, answer)
+            if cancelled is not None:
+                break  # the other groups' plans meet it before sending anything more
+        _forget_finished(pending, touched)
+    if cancelled is not None:
+        raise cancelled
+    return results
+
+
+def _forget_finished(
+    pending: dict[int, list[Command]], touched: dict[int, set[tuple[int, bytes]]]
+) -> None:
+    """Drop the keys remembered for multi-phase plans that are done."""
+    for i in list(touched):
+        if i not in pending:
+            del touched[i]
 
 
 def _next_phase(
@@ -409,33 +566,38 @@ def _next_phase(
     return groups
 
 
-def _run_group(
+def _merged(members: list[int], pending: dict[int, list[Command]]) -> list[Command]:
+    """The commands of ``members`` (pending plans on one backend), in order, for one call."""
+    return [c for i in members for c in pending[i]]
+
+
+def _share(
     jobs: Sequence[Job],
     members: list[int],
     pending: dict[int, list[Command]],
-    results: list[object],
-) -> None:
-    """One call with the merged commands of ``members`` (plans on one backend); advance them."""
-    backend = jobs[members[0]].backend
-    merged = [c for i in members for c in pending[i]]
-    whole: CacheORMError | None = None
-    try:
-        answers = dispatch(backend, merged)
-    except CacheORMError as err:
-        whole, answers = err, [err] * len(merged)
+    merged: list[Command],
+    answers: list[object],
+    whole: CacheORMError | None,
+) -> list[tuple[int, list[object] | BaseException]]:
+    """Each member's answer to one merged call (``whole``: the call failed as a whole).
+
+    Observes outages for miss-mode plans and takes the members out of ``pending``.
+    """
     outage = whole is None or isinstance(whole, BackendError)
     if outage and any(jobs[i].miss_on_error for i in members):
-        Outage.observe(backend, merged, answers)
+        Outage.observe(jobs[members[0]].backend, merged, answers)
+    shares: list[tuple[int, list[object] | BaseException]] = []
     pos = 0
     for i in members:
         n = len(pending.pop(i))
-        answer: list[object] | CacheORMError = answers[pos : pos + n]
+        answer: list[object] | BaseException = answers[pos : pos + n]
         # A failed call is thrown into each plan at its yield, except a
         # BackendError into a miss-mode plan: that one sees it per slot.
         if whole is not None and not (jobs[i].miss_on_error and outage):
             answer = whole
-        _advance(jobs[i].plan, i, answer, pending, results)
+        shares.append((i, answer))
         pos += n
+    return shares
 
 
 def _forward(
@@ -483,6 +645,40 @@ def _advance(
             step = _perform(steps, step)
     except StopIteration:
         return
+
+
+async def _advance_async(
+    plan: Plan[object],
+    i: int,
+    answer: list[object] | BaseException | None,
+    pending: dict[int, list[Command]],
+    results: list[object],
+    cancelled: asyncio.CancelledError | None = None,
+) -> asyncio.CancelledError | None:
+    """:func:`_advance` with its instructions carried out on the event loop.
+
+    Once ``cancelled`` (the pipeline met a cancellation), an instruction is not
+    carried out: the plan meets the cancellation there instead (a loader is
+    not started after the caller gave up).
+
+    Returns:
+        The cancellation this plan met (it was thrown into the plan, which
+        cleaned up; the caller re-raises it once every plan is done), or ``None``.
+    """
+    steps = _forward(plan, i, answer, pending, results)
+    met = answer if isinstance(answer, asyncio.CancelledError) else None
+    try:
+        step = next(steps)
+        while True:
+            reply = cancelled or met or await _carry_out(step)
+            if isinstance(reply, asyncio.CancelledError):
+                met = reply
+            step = _resume(steps, reply)
+    except StopIteration:
+        pass
+    except asyncio.CancelledError as err:  # the plan let the cancellation through
+        met = err
+    return met
 
 
 def plan_all(plans: Sequence[Plan[T]]) -> Plan[list[T | Exception]]:
@@ -589,12 +785,16 @@ def _driven(
         plan_of_one = cast("Callable[[Repo[R, K], object], Plan[T]]", plan)
 
         def driven_one(repo: Repo[R, K], arg: object, /) -> T:
-            return run_one(repo.backend, plan_of_one(repo, arg), repo.on_backend_error == "miss")
+            return run_one(
+                repo.sync_backend, plan_of_one(repo, arg), repo.on_backend_error == "miss"
+            )
 
         return cast("Callable[Concatenate[Repo[R, K], P], T]", driven_one)
 
     def driven(repo: Repo[R, K], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return run_one(repo.backend, plan(repo, *args, **kwargs), repo.on_backend_error == "miss")
+        return run_one(
+            repo.sync_backend, plan(repo, *args, **kwargs), repo.on_backend_error == "miss"
+        )
 
     return driven
 

@@ -8,10 +8,11 @@ Enable it in ``pyproject.toml``::
 Without the plugin the generics already hold (``get`` returns ``R``, a key must
 be a ``K``); the plugin adds three checks that need the record's field names:
 
-* ``co.update(repo, key, **changes)`` and ``co.ops.update(...)`` get one
+* ``co.update(repo, key, **changes)``, ``co.ops.update(...)`` and ``aio.update`` get one
   optional keyword parameter per record field, typed as the field, so an
   unknown field (``heigth=1.0``) or a wrong value (``height="tall"``) is an error.
-* ``co.update_many(repo, {key: {field: value}})`` and ``co.ops.update_many``:
+* ``co.update_many(repo, {key: {field: value}})``, ``co.ops.update_many`` and
+  ``aio.update_many``:
   when the changes are written as dict literals, each inner dict is checked as
   a partial ``TypedDict`` of the record's fields.
 * ``co.Schema(Person, key="name")`` infers the key type ``K`` from the named
@@ -78,7 +79,9 @@ SCHEMA_FIELD = ErrorCode(
 
 _REPO = "cacheorm.repo.Repo"
 _SCHEMA = "cacheorm.schema.Schema"
-_MODULES = ("cacheorm.crud", "cacheorm.ops")  # each public function and its op builder
+# Each public function, its op builder and its coroutine twin (cacheorm.aio derives one per
+# name in crud.__all__, as cacheorm.ops does).
+_MODULES = ("cacheorm.crud", "cacheorm.ops", "cacheorm.aio")
 _UPDATE = frozenset(f"{module}.update" for module in _MODULES)
 _UPDATE_MANY = frozenset(f"{module}.update_many" for module in _MODULES)
 # Every other public function (as cacheorm.crud declares them) binds R and K from its repo.

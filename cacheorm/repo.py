@@ -7,6 +7,7 @@ or ``dataclasses.replace(repo, ttl=60)``, and attach hooks with :func:`on`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,7 +24,7 @@ from typing import (
 
 from typing_extensions import TypeVar as TypeVarWithDefault
 
-from cacheorm.backends.base import Backend, resolve_ttl
+from cacheorm.backends.base import AsyncBackend, Backend, resolve_ttl
 from cacheorm.errors import ValidationError
 from cacheorm.serializers.base import KeyedSerializer, Payload, Serializer
 from cacheorm.serializers.registry import resolve as resolve_serializer
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVENTS",
+    "Driver",
+    "backend_driver",
     "NAMESPACE_FIELD",
     "AfterWrite",
     "AfterWriteHook",
@@ -100,6 +103,36 @@ def _default_backend() -> Backend:
 
 
 _BACKEND_MEMBERS: Final = tuple(sorted(n for n in vars(Backend) if not n.startswith("_")))
+_ASYNC_MEMBERS: Final = tuple(sorted(n for n in vars(AsyncBackend) if not n.startswith("_")))
+
+Driver: TypeAlias = Literal["sync", "async", "both"]
+"""Which functions a backend serves: ``co`` (sync I/O), ``cacheorm.aio`` (coroutines) or both
+(an in-process store such as :class:`~cacheorm.MemoryBackend`, which does no I/O)."""
+
+_DRIVERS: dict[type, Driver] = {}  # by backend type: a class's methods are sync or async for good
+
+
+def backend_driver(backend: Backend | AsyncBackend) -> Driver:
+    """Which functions serve ``backend`` (see :data:`Driver`); decided once per backend type.
+
+    An :class:`AsyncBackend` has coroutine methods; an in-process store (a
+    :class:`~cacheorm.MemoryBackend`, or any class with a true ``in_process``
+    attribute) serves ``cacheorm.aio`` directly, its calls never blocking on I/O.
+    """
+    kind = type(backend)
+    driver = _DRIVERS.get(kind)
+    if driver is None:
+        from cacheorm.backends.memory import MemoryBackend
+
+        if inspect.iscoroutinefunction(getattr(backend, "batch", None)):
+            driver = "async"
+        elif isinstance(backend, MemoryBackend) or getattr(backend, "in_process", False) is True:
+            driver = "both"
+        else:
+            driver = "sync"
+        _DRIVERS[kind] = driver
+    return driver
+
 
 _WRAPPERS: Final = {"redis": "co.RedisBackend", "pymemcache": "co.MemcachedBackend"}
 """A driver's client given as a backend, by the driver's top-level module: its wrapper."""
@@ -118,7 +151,7 @@ def _check_backend(backend: object) -> None:
     # hasattr rather than isinstance(backend, Backend): Python 3.12 checks a
     # runtime protocol with getattr_static, which refuses delegating proxies.
     missing = [name for name in _BACKEND_MEMBERS if not hasattr(backend, name)]
-    if not missing:
+    if not missing or all(hasattr(backend, name) for name in _ASYNC_MEMBERS):
         return
     kind = type(backend)
     wrapper = _WRAPPERS.get(kind.__module__.partition(".")[0])
@@ -128,9 +161,11 @@ def _check_backend(backend: object) -> None:
             f"client; wrap the client: backend={wrapper}(client=...)"
         )
     raise ValidationError(
-        f"backend {backend!r} is not a co.Backend: it lacks {', '.join(missing)}; use "
+        f"backend {backend!r} is not a co.Backend (nor a co.AsyncBackend): it lacks "
+        f"{', '.join(missing)}; use "
         "co.MemoryBackend, co.FileSystemBackend, co.RedisBackend, co.MemcachedBackend, "
-        "co.TieredBackend or a class implementing co.Backend"
+        "co.TieredBackend, an async backend (co.AsyncRedisBackend, ...) or a class "
+        "implementing co.Backend or co.AsyncBackend"
     )
 
 
@@ -198,7 +233,7 @@ class Repo(Generic[R, K]):
     # Declared without defaults: the explicit __init__ below supplies them (and
     # resolves a serializer name), and dataclasses.replace() passes every field.
     schema: Schema[R, K]
-    backend: Backend
+    backend: Backend | AsyncBackend
     serializer: Serializer
     ttl: int | None
     namespace: str
@@ -209,7 +244,7 @@ class Repo(Generic[R, K]):
     def __init__(
         self,
         schema: Schema[R, K],
-        backend: Backend | None = None,
+        backend: Backend | AsyncBackend | None = None,
         serializer: str | Serializer = "msgpack",
         ttl: int | None = None,
         namespace: str = "",
@@ -248,7 +283,7 @@ class Repo(Generic[R, K]):
     def replace(
         self,
         *,
-        backend: Backend | None = None,
+        backend: Backend | AsyncBackend | None = None,
         serializer: str | Serializer | None = None,
         ttl: int | Literal["keep"] | None = "keep",
         namespace: str | None = None,
@@ -305,6 +340,37 @@ class Repo(Generic[R, K]):
             handler(self, key)
 
     # Derived, cached per repo value: the hot path reads these instead of recomputing.
+    @cached_property
+    def sync_backend(self) -> Backend:
+        """The backend, for the synchronous functions (``co.get``...); decided once per repo.
+
+        Raises:
+            TypeError: the backend is asynchronous: use :mod:`cacheorm.aio`.
+        """
+        if backend_driver(self.backend) == "async":
+            raise TypeError(
+                f"{type(self.backend).__name__} is an async backend: use cacheorm.aio "
+                "(await aio.get(repo, key)...) with this repo, not the co functions"
+            )
+        return self.backend  # type: ignore[return-value]  # not async, so a Backend
+
+    @cached_property
+    def aio_direct(self) -> bool:
+        """For :mod:`cacheorm.aio`: ``True`` when the backend is an in-process sync store
+        (run directly, it does no I/O), ``False`` when it is an :class:`AsyncBackend`.
+
+        Raises:
+            TypeError: the backend does blocking I/O: use the ``co`` functions.
+        """
+        driver = backend_driver(self.backend)
+        if driver == "sync":
+            raise TypeError(
+                f"{type(self.backend).__name__} is a sync backend that blocks on I/O: "
+                "use the co functions or an async backend (co.AsyncRedisBackend, "
+                "co.AsyncMemcachedBackend, co.AsyncFileSystemBackend, co.AsyncTieredBackend)"
+            )
+        return driver == "both"
+
     @cached_property
     def keyed_serializer(self) -> KeyedSerializer | None:
         """The serializer when it takes the storage key with each payload, else ``None``.

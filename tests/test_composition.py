@@ -386,7 +386,7 @@ def test_two_memcached_nodes_both_hold_data(
     rounds: list[list[int]] = []
     real = memcached_module._converse
 
-    def counted(exchanges: list[memcached_module._Exchange]) -> None:
+    def counted(exchanges: list[memcached_module._Exchange[memcached_module._Node]]) -> None:
         rounds.append(sorted(len(exchange.groups) for exchange in exchanges))
         real(exchanges)
 

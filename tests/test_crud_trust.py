@@ -185,9 +185,9 @@ def copy_payload(
 ) -> None:
     """Copy the raw stored bytes of ``src`` over ``dst`` (in ``into``'s namespace)."""
     target = repo if into is None else into
-    raw = repo.backend.get(PERSON.encode_key(src, repo.namespace))
+    raw = repo.sync_backend.get(PERSON.encode_key(src, repo.namespace))
     assert raw is not None
-    target.backend.set(PERSON.encode_key(dst, target.namespace), raw)
+    target.sync_backend.set(PERSON.encode_key(dst, target.namespace), raw)
 
 
 def test_a_payload_copied_under_another_key_is_a_decode_error(

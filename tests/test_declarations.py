@@ -44,7 +44,7 @@ def test_the_public_lists_name_exactly_the_declared_functions() -> None:
     assert set(co.ops.__all__) == declared | {"Op", "execute"}
     hooked = (plugin._REPO_FIRST | plugin._UPDATE | plugin._UPDATE_MANY) - {"cacheorm.repo.on"}
     assert hooked == {
-        f"cacheorm.{module}.{name}" for module in ("crud", "ops") for name in declared
+        f"cacheorm.{module}.{name}" for module in ("crud", "ops", "aio") for name in declared
     }
     # The plugin hooks functions by where mypy sees them defined.
     for name in declared:

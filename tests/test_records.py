@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import threading
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import NamedTuple
 
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cacheorm as co
+from tests.async_facade import AioDriver, LoopThread, SyncFacade
 from tests.records import (
     COLLECTION,
     COUNTER,
@@ -30,6 +32,28 @@ from tests.records import (
 )
 
 SERIALIZERS = ("msgpack", "json", "pickle")
+
+
+@pytest.fixture(autouse=True)
+def _through_driver(
+    driver: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """With ``driver="aio"``, this module's ``co.insert``... run ``aio``'s twins instead.
+
+    Autouse, so it runs before the repo fixtures: ``co.Repo`` given a facade
+    over an async backend then builds the repo over that backend itself.
+    """
+    if driver != "aio":
+        yield
+        return
+    backend = request.getfixturevalue("backend")
+    runner = backend.runner if isinstance(backend, SyncFacade) else LoopThread()
+    monkeypatch.setitem(globals(), "co", AioDriver(runner))
+    try:
+        yield
+    finally:
+        if runner is not getattr(backend, "runner", None):
+            runner.close()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from redis.crc import key_slot
 import cacheorm as co
 from cacheorm.backends.base import Add, Delete, Get, Gets, Incr, Set
 from cacheorm.backends.redis import RedisBackend
+from cacheorm.crud import LOCK_PREFIX
 from tests.proxy import Proxy
 from tests.records import NOTE, PERSON, Note, Person
 from tests.servers import free_port, start_redis_cluster
@@ -421,3 +422,15 @@ def test_a_key_of_the_wrong_type_is_a_decode_error(
     assert co.get_many(people, ["Sam", "Bob"]) == [None, None]  # MGET reports it missing
     backend.close()
     raw.close()
+
+
+@pytest.mark.timeout(20)
+def test_get_or_load_gives_back_a_lock_whose_add_reply_was_lost(
+    backend: RedisBackend, proxy: Proxy, raw: redis.Redis
+) -> None:
+    people = co.Repo(PERSON, backend=backend)
+    proxy.drop_next_reply(b"NX")
+    with pytest.raises(co.BackendError, match=UNKNOWN):
+        co.get_or_load(people, "Sam", lambda name: Person(name, 1.8))
+    assert raw.get(LOCK_PREFIX + PERSON.encode_key("Sam")) is None  # not left for lock_ttl
+    assert co.get_or_load(people, "Sam", lambda name: Person(name, 1.8)) == Person("Sam", 1.8)

@@ -251,7 +251,7 @@ def test_large_highly_compressible_records_still_round_trip(
     assert co.insert(people, record) == record
     assert co.get(people, "Sam") == record
     assert people.backend is not None
-    stored = people.backend.get(PERSON.encode_key("Sam"))
+    stored = people.sync_backend.get(PERSON.encode_key("Sam"))
     assert stored is not None
     assert 5_000_000 / DEFAULT_MAX_RATIO - INFLATE_FLOOR < len(stored) < 5_000_000 / 10
 

@@ -37,6 +37,7 @@ _T = TypeVar("_T")
 
 __all__ = [
     "KEEP_TTL",
+    "AsyncBackend",
     "Backend",
     "CasToken",
     "Add",
@@ -53,6 +54,7 @@ __all__ = [
     "Keep",
     "TTL",
     "apply",
+    "apply_async",
     "INT64_MAX",
     "INT64_MIN",
     "check_delta",
@@ -310,6 +312,109 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class AsyncBackend(Protocol):
+    """The coroutine twin of :class:`Backend`, for :mod:`cacheorm.aio`.
+
+    Every method has the same semantics, results and errors as its
+    :class:`Backend` namesake, and the same bytes on the wire (keys, payloads,
+    TTLs, CAS tokens), so a sync and an async process share one cache. A call
+    cancelled at any await leaves no broken connection behind: a connection
+    whose exchange was interrupted is discarded, never reused.
+    """
+
+    @property
+    def default_ttl(self) -> int:
+        """Seconds a write lives when it passes ``ttl=None``; ``0`` = never expires."""
+        ...
+
+    async def get(self, key: bytes) -> bytes | None:
+        """See :meth:`Backend.get`."""
+        ...
+
+    async def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
+        """See :meth:`Backend.get_with_ttl`."""
+        ...
+
+    async def get_many_with_ttl(self, *keys: bytes) -> list[tuple[bytes, float] | None]:
+        """See :meth:`Backend.get_many_with_ttl`."""
+        ...
+
+    async def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
+        """See :meth:`Backend.set`."""
+        ...
+
+    async def add(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
+        """See :meth:`Backend.add`."""
+        ...
+
+    async def replace(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
+        """See :meth:`Backend.replace`."""
+        ...
+
+    async def delete(self, key: bytes) -> bool:
+        """See :meth:`Backend.delete`."""
+        ...
+
+    async def has(self, key: bytes) -> bool:
+        """See :meth:`Backend.has`."""
+        ...
+
+    async def get_many(self, *keys: bytes) -> list[bytes | None]:
+        """See :meth:`Backend.get_many`."""
+        ...
+
+    async def set_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> None:
+        """See :meth:`Backend.set_many`."""
+        ...
+
+    async def replace_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> list[bool]:
+        """See :meth:`Backend.replace_many`."""
+        ...
+
+    async def delete_many(self, *keys: bytes) -> int:
+        """See :meth:`Backend.delete_many`."""
+        ...
+
+    async def incr(self, key: bytes, delta: int = 1) -> int:
+        """See :meth:`Backend.incr`."""
+        ...
+
+    async def decr(self, key: bytes, delta: int = 1) -> int:
+        """See :meth:`Backend.decr`."""
+        ...
+
+    async def touch(self, key: bytes, ttl: TTL = None) -> bool:
+        """See :meth:`Backend.touch`."""
+        ...
+
+    async def gets(self, key: bytes) -> tuple[bytes, CasToken] | None:
+        """See :meth:`Backend.gets`."""
+        ...
+
+    async def cas(
+        self, key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None = KEEP_TTL
+    ) -> bool:
+        """See :meth:`Backend.cas`."""
+        ...
+
+    async def delete_if(self, key: bytes, token: CasToken) -> bool:
+        """See :meth:`Backend.delete_if`."""
+        ...
+
+    async def batch(self, commands: Sequence[Command]) -> list[object]:
+        """See :meth:`Backend.batch`."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise :class:`cacheorm.BackendError` when it cannot."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and other resources. The backend is unusable after."""
+        ...
+
+
 def apply(backend: Backend, command: Command) -> object:
     """Run one :data:`Command` through ``backend``'s own methods and return its result.
 
@@ -340,6 +445,34 @@ def apply(backend: Backend, command: Command) -> object:
             return backend.has(command.key)
         case Incr():
             return backend.incr(command.key, command.delta)
+        case _:
+            assert_never(command)
+
+
+async def apply_async(backend: AsyncBackend, command: Command) -> object:
+    """:func:`apply` for an :class:`AsyncBackend`: run one command, return its result."""
+    match command:
+        case Get():
+            return await backend.get(command.key)
+        case Set():
+            await backend.set(command.key, command.value, command.ttl)
+            return True
+        case Gets():
+            return await backend.gets(command.key)
+        case Cas():
+            return await backend.cas(command.key, command.value, command.token, command.ttl)
+        case Add():
+            return await backend.add(command.key, command.value, command.ttl)
+        case Replace():
+            return await backend.replace(command.key, command.value, command.ttl)
+        case Delete():
+            return await backend.delete(command.key)
+        case DeleteIf():
+            return await backend.delete_if(command.key, command.token)
+        case Has():
+            return await backend.has(command.key)
+        case Incr():
+            return await backend.incr(command.key, command.delta)
         case _:
             assert_never(command)
 

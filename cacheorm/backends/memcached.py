@@ -27,6 +27,12 @@ protocol itself. Five memcached matters are handled here:
   ``BackendError`` saying that its outcome is unknown.
 * **Processes.** A forked child never uses its parent's sockets: it opens its
   own on first use (the parent's stay the parent's).
+
+The protocol is written without I/O, so that :mod:`cacheorm.backends.amemcached`
+runs the very same code on asyncio: each command is a generator of requests
+(``_Steps``), ``_Exchange`` frames a server's requests and parses its replies,
+``_enqueue``/``_start_round``/``_end_round`` make the rounds of a call and
+``_Placer`` places keys. Only the transport (``_converse`` here) is per driver.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from typing import (
     Generic,
     NamedTuple,
     NoReturn,
+    Protocol,
     TypeAlias,
     TypeVar,
     assert_never,
@@ -291,7 +298,7 @@ def _set(reply: _Reply) -> bool:
 
 
 def _get_job(key: bytes) -> _Job[bytes | None]:
-    return _Job(key, True, request=_Fetch(key, False), finish=_value_of)
+    return _Job(key, True, None, _Fetch(key, False), _value_of)  # positional: the hot path
 
 
 def _has_job(key: bytes) -> _Job[bool]:
@@ -370,12 +377,46 @@ def _incr_steps(key: bytes, delta: int) -> _Steps[int]:
                 break  # "non-numeric value": a negative counter; the cas loop handles it
             if result is not None:
                 if result > base.INT64_MAX:  # memcached counts in unsigned 64 bits; we don't
-                    yield from _counter(b"decr", key, delta)
+                    yield from _undo_incr_steps(key, delta)
                     base.counter_sum(result - delta, delta, key)  # raises ValidationError
                 return result
             if (yield from _store(_storage(b"add", key, b"%d" % delta, 0, 0))) == b"STORED":
                 return delta
     return (yield from _cas_add_steps(key, delta))
+
+
+def _undo_incr_steps(key: bytes, delta: int) -> _Steps[None]:
+    """Take back a native ``incr`` of ``delta`` that left the signed 64-bit range.
+
+    A native ``decr`` does it in one request, but memcached may refuse it as
+    "non-numeric": for a number of 2**63 or more its ``safe_strtoull`` looks
+    for a minus sign with ``strchr``, which runs past the end of the value
+    (items are not NUL-terminated) into whatever an earlier item left in the
+    slab, so a stray ``-`` there fails the ``decr`` (memcached 1.6.18; it
+    depends on the memory's history, hence seldom). Then a ``gets``/``cas``
+    loop subtracts ``delta`` instead (spaces ignored: memcached pads a number
+    it shortened in place); a value that is no number any more, or gone, has
+    nothing of ours left to undo.
+    """
+    try:
+        yield from _counter(b"decr", key, delta)
+        return
+    except BackendError as err:
+        from pymemcache.exceptions import MemcacheClientError
+
+        if not isinstance(err.__cause__, MemcacheClientError):
+            raise
+    for _ in range(_CAS_RETRIES):
+        item = yield from _fetch(key, cas=True)
+        digits = b"" if item is None else item[0].strip(b" ")
+        if not digits.isdigit():
+            return  # gone, or overwritten by a non-number: nothing of ours is left
+        _, flags, unique = cast("_Item", item)
+        new = b"%d" % max(int(digits) - delta, 0)
+        reply = yield from _store(_storage(b"cas", key, new, _kept_expiry(flags), flags, unique))
+        if reply != b"EXISTS":
+            return
+    raise ConflictError(f"memcached incr of {key!r} lost {_CAS_RETRIES} races in a row")
 
 
 def _cas_add_steps(key: bytes, delta: int) -> _Steps[int]:
@@ -495,11 +536,26 @@ def _reply_error(line: bytes, server: str) -> CacheORMError:
     return _backend_error(f"memcached {server} refused the command: {text}", server, cause)
 
 
-class _Exchange:
+class _Server(Protocol):
+    """What the protocol needs to know of a server: its name and its clients' key prefix."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def prefix(self) -> bytes: ...
+
+
+_N = TypeVar("_N", bound=_Server)
+
+
+class _Exchange(Generic[_N]):
     """One server's share of a round: the commands to send, and the replies read so far.
 
     Replies come back in the order of the commands, so the answered commands are
-    always a prefix of ``tasks``.
+    always a prefix of ``tasks``. It does no I/O: a transport (the sync one
+    below, or :mod:`cacheorm.backends.amemcached`'s) writes :attr:`out`, adds
+    what it reads to :attr:`buf`, calls :meth:`parse`, and sets :attr:`sent`.
     """
 
     __slots__ = (
@@ -519,7 +575,7 @@ class _Exchange:
         "tasks",
     )
 
-    def __init__(self, node: _Node, tasks: list[_Task]) -> None:
+    def __init__(self, node: _N, tasks: list[_Task]) -> None:
         self.node = node
         self.tasks = tasks
         self.sent = 0
@@ -581,50 +637,64 @@ class _Exchange:
                 if eol < 0:
                     return
                 if wanted is not None and buf.startswith(b"VALUE ", pos):
-                    head = bytes(buf[pos:eol]).split()  # VALUE <key> <flags> <bytes> [<cas>]
-                    try:
-                        key, flags, size = head[1], int(head[2]), int(head[3])
-                    except (IndexError, ValueError) as err:
-                        raise _Desync(head) from err
-                    begin = eol + 2
-                    end = begin + size
-                    if len(buf) < end + 2:
-                        self.need = end + 2 - len(buf)
+                    end = self._value(pos, eol, wanted)
+                    if end < 0:
                         return
-                    if buf[end : end + 2] != b"\r\n" or key not in wanted:
-                        raise _Desync(head)
-                    self.found[key] = (
-                        bytes(buf[begin:end]),
-                        flags,
-                        head[4] if len(head) > 4 else b"",
-                    )
-                    pos = end + 2
+                    pos = end
                     continue
                 line = bytes(buf[pos:eol])
                 pos = eol + 2
-                if wanted is None:
-                    request = cast("_Line", self.tasks[start].request)
-                    if line in request.replies or (
-                        request.replies is _COUNTER_REPLIES and line.isdigit()
-                    ):
-                        self.replies.append(line)
-                    else:
-                        self.replies.append(_reply_error(line, self.node.name))
-                elif line == b"END":
-                    found, prefix = self.found, self.node.prefix
-                    for index in range(start, stop):
-                        fetch = cast("_Fetch", self.tasks[index].request)
-                        self.replies.append(found.get(prefix + fetch.key))
-                    self.found = {}
-                else:
-                    self.replies += [_reply_error(line, self.node.name)] * (stop - start)
-                    self.found = {}
+                self._reply(line, start, stop, wanted)
                 self.group += 1
         finally:
             del buf[:pos]
 
+    def _value(self, pos: int, eol: int, wanted: frozenset[bytes]) -> int:
+        """Take the item whose ``VALUE`` line is at ``pos``; return where it ends (-1: not in yet).
+
+        Raises:
+            _Desync: a malformed item, or one of a key not asked for.
+        """
+        buf = self.buf
+        head = bytes(buf[pos:eol]).split()  # VALUE <key> <flags> <bytes> [<cas>]
+        try:
+            key, flags, size = head[1], int(head[2]), int(head[3])
+        except (IndexError, ValueError) as err:
+            raise _Desync(head) from err
+        begin = eol + 2
+        end = begin + size
+        if len(buf) < end + 2:
+            self.need = end + 2 - len(buf)
+            return -1
+        if buf[end : end + 2] != b"\r\n" or key not in wanted:
+            raise _Desync(head)
+        self.found[key] = (bytes(buf[begin:end]), flags, head[4] if len(head) > 4 else b"")
+        return end + 2
+
+    def _reply(self, line: bytes, start: int, stop: int, wanted: frozenset[bytes] | None) -> None:
+        """Take the reply line that ends the command serving tasks ``[start, stop)``.
+
+        Raises:
+            _Desync: ``line`` answers no command of that kind.
+        """
+        if wanted is None:
+            request = cast("_Line", self.tasks[start].request)
+            if line in request.replies or (request.replies is _COUNTER_REPLIES and line.isdigit()):
+                self.replies.append(line)
+            else:
+                self.replies.append(_reply_error(line, self.node.name))
+        elif line == b"END":
+            found, prefix = self.found, self.node.prefix
+            for index in range(start, stop):
+                fetch = cast("_Fetch", self.tasks[index].request)
+                self.replies.append(found.get(prefix + fetch.key))
+            self.found = {}
+        else:
+            self.replies += [_reply_error(line, self.node.name)] * (stop - start)
+            self.found = {}
+
     def fail(self, reason: str, cause: BaseException) -> None:
-        """End this exchange: the server failed; its socket is closed, never reused mid-reply."""
+        """End this exchange: the server failed (the transport closes its connection)."""
         name = self.node.name
         logger.debug("memcached %s %s: %r", name, reason, cause)
         self.reason = reason
@@ -634,7 +704,6 @@ class _Exchange:
             name,
             cause,
         )
-        self.node.client.close()
 
     def error_for(self, index: int) -> BackendError:
         """The error of unanswered task ``index`` after :meth:`fail`."""
@@ -658,7 +727,13 @@ _SMALL: Final = 16 * 1024
 """A request this small is sent at once: the socket buffers always hold it."""
 
 
-def _converse(exchanges: list[_Exchange]) -> None:
+def _fail(exchange: _Exchange[_Node], reason: str, cause: BaseException) -> None:
+    """Fail the exchange and close its socket: never reused mid-reply."""
+    exchange.fail(reason, cause)
+    exchange.node.client.close()
+
+
+def _converse(exchanges: list[_Exchange[_Node]]) -> None:
     """Run the exchanges: every server's commands sent and its replies read, concurrently.
 
     A server fails when it cannot be connected, closes the connection, sends
@@ -670,7 +745,7 @@ def _converse(exchanges: list[_Exchange]) -> None:
         _converse_one(exchanges[0])
         return
     poller = select.poll()
-    live: dict[int, _Exchange] = {}
+    live: dict[int, _Exchange[_Node]] = {}
     for exchange in exchanges:
         sock = _connected(exchange)
         if sock is not None:
@@ -684,21 +759,7 @@ def _converse(exchanges: list[_Exchange]) -> None:
         now = time.monotonic()
         for fd, mask in events:
             exchange = live[fd]
-            sock = exchange.node.client.sock
-            assert sock is not None
-            try:
-                if mask & select.POLLOUT and exchange.sent < len(exchange.out):
-                    exchange.sent += sock.send(memoryview(exchange.out)[exchange.sent :])
-                    if exchange.sent == len(exchange.out):
-                        poller.modify(fd, select.POLLIN)
-                if mask & _READABLE:
-                    _receive(exchange, sock)
-            except (OSError, _Desync) as err:
-                poller.unregister(fd)
-                del live[fd]
-                exchange.fail(*_failure(err, exchange.node.timeout))
-                continue
-            if exchange.done:
+            if _serve(exchange, mask, poller):
                 poller.unregister(fd)
                 del live[fd]
             else:
@@ -707,10 +768,27 @@ def _converse(exchanges: list[_Exchange]) -> None:
             if exchange.deadline <= now:
                 poller.unregister(fd)
                 del live[fd]
-                exchange.fail(*_failure(TimeoutError("timed out"), exchange.node.timeout))
+                _fail(exchange, *_failure(TimeoutError("timed out"), exchange.node.timeout))
 
 
-def _converse_one(exchange: _Exchange) -> None:
+def _serve(exchange: _Exchange[_Node], mask: int, poller: select.poll) -> bool:
+    """Send and read what the poll ``mask`` allows; return whether the exchange ended."""
+    sock = exchange.node.client.sock
+    assert sock is not None
+    try:
+        if mask & select.POLLOUT and exchange.sent < len(exchange.out):
+            exchange.sent += sock.send(memoryview(exchange.out)[exchange.sent :])
+            if exchange.sent == len(exchange.out):
+                poller.modify(sock, select.POLLIN)
+        if mask & _READABLE:
+            _receive(exchange, sock)
+    except (OSError, _Desync) as err:
+        _fail(exchange, *_failure(err, exchange.node.timeout))
+        return True
+    return exchange.done
+
+
+def _converse_one(exchange: _Exchange[_Node]) -> None:
     """:func:`_converse` for one small request: blocking calls, each bounded by the timeout."""
     sock = _connected(exchange)
     if sock is None:
@@ -723,10 +801,10 @@ def _converse_one(exchange: _Exchange) -> None:
         while not exchange.done:
             _receive(exchange, sock)
     except (OSError, _Desync) as err:
-        exchange.fail(*_failure(err, exchange.node.timeout))
+        _fail(exchange, *_failure(err, exchange.node.timeout))
 
 
-def _connected(exchange: _Exchange) -> socket.socket | None:
+def _connected(exchange: _Exchange[_Node]) -> socket.socket | None:
     """The server's socket, connected if need be; ``None`` (the exchange failed) if it cannot be."""
     client = exchange.node.client
     sock = client.sock
@@ -740,7 +818,7 @@ def _connected(exchange: _Exchange) -> socket.socket | None:
         try:
             client._connect()
         except OSError as err:
-            exchange.fail("cannot be connected", err)
+            _fail(exchange, "cannot be connected", err)
             return None
     return client.sock
 
@@ -752,7 +830,7 @@ def _stale(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-def _receive(exchange: _Exchange, sock: socket.socket) -> None:
+def _receive(exchange: _Exchange[_Node], sock: socket.socket) -> None:
     """Read what the server sent and parse it (waits up to the socket's timeout)."""
     chunk = sock.recv(max(_RECV_SIZE, exchange.need))
     if not chunk:
@@ -781,6 +859,93 @@ def _failure(err: Exception, timeout: float = math.inf) -> tuple[str, BaseExcept
 
         return "sent a reply out of step with the commands", MemcacheUnknownError(err.args[0])
     return "failed", err
+
+
+# -- servers and placement ---------------------------------------------------------
+
+
+def _new_client(
+    servers: Sequence[tuple[str, int] | str], connect_timeout: float, timeout: float
+) -> Client | HashClient:
+    """The pymemcache client whose settings and sockets a backend of ``servers`` uses.
+
+    Raises:
+        ValidationError: no server.
+    """
+    from pymemcache.client.base import Client
+    from pymemcache.client.hash import HashClient
+
+    if not servers:
+        raise ValidationError("a memcached backend needs at least one server")
+    if len(servers) == 1:
+        return Client(servers[0], connect_timeout=connect_timeout, timeout=timeout, no_delay=True)
+    return HashClient(
+        list(servers), connect_timeout=connect_timeout, timeout=timeout, no_delay=True
+    )
+
+
+def _nodes_of(client: Client | HashClient, owned: bool) -> list[_Node]:
+    """One node per server of ``client``, in its order.
+
+    Raises:
+        ValidationError: a ``HashClient`` without servers.
+    """
+    from pymemcache.client.base import PooledClient
+    from pymemcache.client.hash import HashClient
+
+    if not isinstance(client, HashClient):
+        return [_Node(client, _server_name(client.server), owned=owned)]
+    if not client.clients:
+        raise ValidationError("a memcached backend needs at least one server")
+    return [
+        _Node(node._create_client(), name, owned=True)
+        if isinstance(node, PooledClient)
+        else _Node(node, name, owned=owned)
+        for name, node in client.clients.items()
+    ]
+
+
+def _finder(client: Client | HashClient) -> Callable[[bytes], str | None] | None:
+    """HashClient's placement: the name of the server of a key (``None``: one server).
+
+    A fresh hasher over every server, in the order given, places keys as a new
+    ``HashClient`` does, even if this one has since dropped a failing server.
+    """
+    from pymemcache.client.hash import HashClient
+
+    if not isinstance(client, HashClient):
+        return None
+    hasher = type(client.hasher)()
+    for name in client.clients:
+        hasher.add_node(name)
+    return hasher.get_node
+
+
+class _Placer(Generic[_N]):
+    """Where a key lives: one of ``nodes``, as :func:`_finder` says, remembered.
+
+    Rendezvous hashing is slow in Python, so the last placements are cached.
+    """
+
+    __slots__ = ("_by_name", "_find", "_placed", "_single")
+
+    def __init__(self, nodes: Sequence[_N], find: Callable[[bytes], str | None] | None) -> None:
+        self._by_name = {node.name: node for node in nodes}
+        self._single = nodes[0] if find is None else None
+        self._find = find
+        self._placed: dict[bytes, _N] = {}
+
+    def __call__(self, key: bytes) -> _N:
+        single = self._single
+        if single is not None:
+            return single
+        node = self._placed.get(key)
+        if node is None:
+            if len(self._placed) >= _PLACEMENT_CACHE:
+                self._placed.clear()
+            assert self._find is not None  # set whenever there is more than one server
+            node = self._placed[key] = self._by_name[cast("str", self._find(key))]
+        return node
 
 
 # -- fork safety ----------------------------------------------------------------
@@ -853,51 +1018,19 @@ class MemcachedBackend:
         connect_timeout: float = 1.0,
         timeout: float = 2.0,
     ) -> None:
-        from pymemcache.client.base import Client, PooledClient
-        from pymemcache.client.hash import HashClient
-
         self.default_ttl = resolve_ttl(default_ttl, 0)
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._owns_client = client is None
         if client is None:
-            if not servers:
-                raise ValidationError("MemcachedBackend needs at least one server")
-            if len(servers) == 1:
-                client = Client(
-                    servers[0], connect_timeout=connect_timeout, timeout=timeout, no_delay=True
-                )
-            else:
-                client = HashClient(
-                    list(servers), connect_timeout=connect_timeout, timeout=timeout, no_delay=True
-                )
+            client = _new_client(servers, connect_timeout, timeout)
         elif client.ignore_exc:
             raise ValidationError(
                 "pass a client with ignore_exc=False: cacheorm reports a down server "
                 "as BackendError instead of a silent miss"
             )
-        if isinstance(client, HashClient):
-            if not client.clients:
-                raise ValidationError("MemcachedBackend needs at least one server")
-            self._nodes = [
-                _Node(node._create_client(), name, owned=True)
-                if isinstance(node, PooledClient)
-                else _Node(node, name, owned=self._owns_client)
-                for name, node in client.clients.items()
-            ]
-            # A fresh hasher over every server, in the order given, places keys as a
-            # new HashClient does, even if this one has since dropped a failing server.
-            hasher = type(client.hasher)()
-            for name in client.clients:
-                hasher.add_node(name)
-            get_node = hasher.get_node
-        else:
-            self._nodes = [_Node(client, _server_name(client.server), owned=self._owns_client)]
-            get_node = None
-        self._get_node: Callable[[bytes], str | None] | None = get_node
-        self._by_name = {node.name: node for node in self._nodes}
-        self._single = self._nodes[0] if len(self._nodes) == 1 else None
-        self._placed: dict[bytes, _Node] = {}
+        self._nodes = _nodes_of(client, self._owns_client)
+        self._place = _Placer(self._nodes, _finder(client))
         # memcached_key() stays within 250 bytes; a client's key_prefix eats into that.
         self._room = MAX_KEY_LENGTH - max(len(node.prefix) for node in self._nodes)
         _LIVE.add(self)
@@ -917,16 +1050,6 @@ class MemcachedBackend:
             node.client.close()
         self._pid = os.getpid()
 
-    def _place(self, key: bytes) -> _Node:
-        """The server that holds ``key``: HashClient's rendezvous hashing, remembered."""
-        node = self._placed.get(key)
-        if node is None:
-            if len(self._placed) >= _PLACEMENT_CACHE:
-                self._placed.clear()
-            assert self._get_node is not None  # a pool: one server needs no placing
-            node = self._placed[key] = self._by_name[cast("str", self._get_node(key))]
-        return node
-
     def _execute(self, jobs: Sequence[_Job[object] | CacheORMError]) -> list[object]:
         """Run the jobs, pipelined per server; return each result or error, in order.
 
@@ -940,27 +1063,7 @@ class MemcachedBackend:
         with self._lock:
             if self._pid != os.getpid():
                 self._forget_connections()
-            queues: dict[_Node, list[_Task]] = {}
-            single = self._single
-            for slot, job in enumerate(jobs):
-                if isinstance(job, CacheORMError):
-                    results[slot] = job
-                    continue
-                if len(job.key) > self._room:
-                    results[slot] = ValidationError(
-                        f"memcached key {job.key!r} is too long once the client's "
-                        f"{MAX_KEY_LENGTH - self._room}-byte key_prefix is added (memcached "
-                        f"allows {MAX_KEY_LENGTH} bytes): use a shorter key or key_prefix"
-                    )
-                    continue
-                task = _Task(slot, job)
-                if job.steps is None or _advance(task, None, results, None):
-                    node = single or self._place(job.key)
-                    queue = queues.get(node)
-                    if queue is None:
-                        queues[node] = [task]
-                    else:
-                        queue.append(task)
+            queues = _enqueue(jobs, results, self._room, self._place)
             failed: dict[_Node, BackendError] = {}
             try:
                 while queues:
@@ -1211,8 +1314,55 @@ def _round(
     queues: dict[_Node, list[_Task]], failed: dict[_Node, BackendError], results: list[object]
 ) -> dict[_Node, list[_Task]]:
     """Send each server its ready requests, read the replies; return what is left to run."""
-    exchanges: list[_Exchange] = []
-    later: dict[_Node, list[_Task]] = {}
+    exchanges, later = _start_round(queues, failed, results)
+    _converse(exchanges)
+    return _end_round(exchanges, failed, results, later)
+
+
+def _enqueue(
+    jobs: Sequence[_Job[object] | CacheORMError],
+    results: list[object],
+    room: int,
+    place: Callable[[bytes], _N],
+) -> dict[_N, list[_Task]]:
+    """Start the jobs: each job's first request queued on its server, in job order.
+
+    A job that is an error, or whose key is too long, has its error put in
+    ``results`` instead; a job that finished without a request, its result.
+    """
+    queues: dict[_N, list[_Task]] = {}
+    for slot, job in enumerate(jobs):
+        if isinstance(job, CacheORMError):
+            results[slot] = job
+            continue
+        if len(job.key) > room:
+            results[slot] = ValidationError(
+                f"memcached key {job.key!r} is too long once the client's "
+                f"{MAX_KEY_LENGTH - room}-byte key_prefix is added (memcached "
+                f"allows {MAX_KEY_LENGTH} bytes): use a shorter key or key_prefix"
+            )
+            continue
+        task = _Task(slot, job)
+        if job.steps is None or _advance(task, None, results, None):
+            node = place(job.key)
+            queue = queues.get(node)
+            if queue is None:
+                queues[node] = [task]
+            else:
+                queue.append(task)
+    return queues
+
+
+def _start_round(
+    queues: dict[_N, list[_Task]], failed: dict[_N, BackendError], results: list[object]
+) -> tuple[list[_Exchange[_N]], dict[_N, list[_Task]]]:
+    """A round's exchanges (each server's ready requests) and the commands held back.
+
+    A command waits while an earlier command on its key may still send another
+    request; the commands of a server that failed earlier in the call fail now.
+    """
+    exchanges: list[_Exchange[_N]] = []
+    later: dict[_N, list[_Task]] = {}
     for node, queue in queues.items():
         error = failed.get(node)
         if error is not None:
@@ -1232,19 +1382,34 @@ def _round(
         exchanges.append(_Exchange(node, ready))
         if held:
             later[node] = held
-    _converse(exchanges)
+    return exchanges, later
+
+
+def _end_round(
+    exchanges: list[_Exchange[_N]],
+    failed: dict[_N, BackendError],
+    results: list[object],
+    later: dict[_N, list[_Task]],
+) -> dict[_N, list[_Task]]:
+    """Hand the round's replies to their commands; return what is left to run."""
     for exchange in exchanges:
         node = exchange.node
         if exchange.error is not None:
             failed[node] = exchange.error
         going: list[_Task] = []
-        answered = len(exchange.replies)
+        replies = exchange.replies
+        answered = len(replies)
         for index, task in enumerate(exchange.tasks):
-            if index < answered:
-                if _advance(task, exchange.replies[index], results, node.name):
-                    going.append(task)
-            else:
+            if index >= answered:
                 results[task.slot] = exchange.error_for(index)
+                continue
+            reply = replies[index]
+            finish = task.finish
+            if finish is not None and (reply is None or type(reply) is tuple):
+                # The common case, inlined: a fetch's item or miss, whose finish cannot fail.
+                results[task.slot] = finish(reply)
+            elif _advance(task, reply, results, node.name):
+                going.append(task)
         if going:
             # Before the held commands: they wait for these on their keys.
             later[node] = going + later.get(node, [])

@@ -1,0 +1,279 @@
+"""Coroutine twins of the record functions, for asyncio services: ``await aio.get(repo, key)``.
+
+Every public function of :mod:`cacheorm.crud` has a twin here with the same
+parameters, results, errors and atomicity, plus :func:`execute`::
+
+    from cacheorm import aio
+
+    people = co.Repo(PERSON, backend=co.AsyncRedisBackend(url="redis://127.0.0.1:6380/0"))
+    sam = await aio.insert(people, Person("Sam", 178.8))
+    sam = await aio.update(people, "Sam", height=180.0)  # atomic, as in sync
+    results = await aio.execute(co.ops.get(people, "Sam"), co.ops.delete(people, "Bob"))
+
+The twins are derived from the functions' one declaration each (see
+:mod:`cacheorm.engine`): they run the very same plans as the sync functions,
+through :func:`cacheorm.engine.run_one_async` and
+:func:`~cacheorm.engine.run_many_async`, so the two cannot drift apart. A
+function declared later gets its twin here automatically (at runtime; its
+typed line is one ``name = twin(crud.name)``).
+
+Backends: an :class:`~cacheorm.AsyncBackend` (``co.AsyncRedisBackend``,
+``co.AsyncMemcachedBackend``, ``co.AsyncFileSystemBackend``,
+``co.AsyncTieredBackend``) is awaited; ``co.MemoryBackend`` serves ``aio`` and
+``co`` alike (it does no I/O, so it is called directly). A repo whose backend
+blocks on I/O (``co.RedisBackend``...) given to a twin raises ``TypeError``;
+decided once per repo. The callables of :func:`modify` and :func:`get_or_load`
+may be plain functions or coroutine functions.
+
+A call cancelled at any await (``task.cancel()``, ``asyncio.timeout``) lets
+its plan clean up first (``get_or_load`` releases its lock) and then raises
+``CancelledError``; a record is written by one command, so it is either
+written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
+
+from typing_extensions import TypeVar as TypeVarWithDefault
+
+from cacheorm import crud
+from cacheorm.engine import DECLARED, Job, Plan, run_many_async, run_one_async, signature_of
+from cacheorm.ops import Op
+from cacheorm.repo import Repo
+
+__all__ = ["execute", "twin"]
+__all__ += crud.__all__  # one coroutine twin per public function
+
+P = ParamSpec("P")
+R = TypeVar("R")
+K = TypeVarWithDefault("K", default=Hashable)
+KL = TypeVar("KL", bound=Hashable)  # a loader's own key type, where the repo's is unknown
+T = TypeVar("T")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
+T4 = TypeVar("T4")
+T5 = TypeVar("T5")
+T6 = TypeVar("T6")
+
+
+async def _drive(name: str, repo: Repo[R, K], /, *args: object, **kwargs: object) -> object:
+    """Run the declared plan ``name`` with these arguments on the repo's backend."""
+    direct = repo.aio_direct  # TypeError for a backend that blocks on I/O; cached per repo
+    plan = DECLARED[name].plan(repo, *args, **kwargs)
+    return await run_one_async(repo.backend, plan, repo.on_backend_error == "miss", direct)
+
+
+def twin(
+    function: Callable[Concatenate[Repo[R, K], P], T],
+) -> Callable[Concatenate[Repo[R, K], P], Coroutine[Any, Any, T]]:
+    """The coroutine twin of a declared public function: its very parameters, awaited result.
+
+    The twin's result is typed ``Coroutine[Any, Any, T]``, exactly what an
+    ``async def`` returning ``T`` gives, so a twin fits wherever a coroutine
+    function does (``asyncio.create_task``, ``gather``, a user's annotations).
+
+    Args:
+        function: a function declared with :func:`cacheorm.engine.declare`.
+    """
+    declared = DECLARED[function.__name__]
+    plan = cast("Callable[Concatenate[Repo[R, K], P], Plan[T]]", declared.plan)  # its own T
+
+    # _drive inlined: one coroutine frame less on every call.
+    async def run(repo: Repo[R, K], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        direct = repo.aio_direct  # TypeError for a backend that blocks on I/O; cached per repo
+        miss = repo.on_backend_error == "miss"
+        return await run_one_async(repo.backend, plan(repo, *args, **kwargs), miss, direct)
+
+    functools.update_wrapper(run, function)
+    run.__module__ = __name__
+    run.__dict__["__signature__"] = signature_of(declared.plan, lambda result: result)
+    return run
+
+
+add = twin(crud.add)
+delete = twin(crud.delete)
+delete_many = twin(crud.delete_many)
+exists = twin(crud.exists)
+get = twin(crud.get)
+get_many = twin(crud.get_many)
+get_or_none = twin(crud.get_or_none)
+insert = twin(crud.insert)
+insert_many = twin(crud.insert_many)
+replace = twin(crud.replace)
+update = twin(crud.update)
+update_many = twin(crud.update_many)
+
+
+async def modify(repo: Repo[R, K], key: K, fn: Callable[[R], R | Awaitable[R]], /) -> R:
+    """Replace the record under ``key`` by ``fn(old)`` atomically; return the new record.
+
+    ``fn`` is a plain or a coroutine function; it may be called more than once
+    under contention, so it must be pure. As :func:`cacheorm.modify` otherwise.
+    """
+    return cast("R", await _drive("modify", repo, key, fn))
+
+
+@overload
+async def get_or_load(
+    repo: Repo[R, K],
+    key: K,
+    loader: Callable[[K], R | Awaitable[R]],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+) -> R: ...
+@overload
+async def get_or_load(
+    repo: Repo[R, Hashable],
+    key: KL,
+    loader: Callable[[KL], R | Awaitable[R]],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+) -> R: ...
+async def get_or_load(
+    repo: Repo[R, K],
+    key: K,
+    loader: Callable[[KL], R | Awaitable[R]],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+) -> R:
+    """Return the stored record, or load, store and return it on a miss.
+
+    ``loader`` is a plain or a coroutine function, called once across tasks,
+    threads and processes sharing the backend (the others poll for its
+    result). A cancelled call releases the lock it holds. As
+    :func:`cacheorm.get_or_load` otherwise.
+    """
+    found = await _drive("get_or_load", repo, key, loader, lock_ttl=lock_ttl, wait=wait)
+    return cast("R", found)
+
+
+# Twins of functions declared after this module was written: runtime only (the
+# typed lines above are what a type checker sees).
+def _derive_the_rest() -> None:
+    for name, declared in DECLARED.items():
+        if name not in globals():
+            globals()[name] = twin(declared.plan)
+
+
+_derive_the_rest()
+
+
+# The overloads of cacheorm.ops.execute, awaited (see there).
+@overload
+async def execute(op1: Op[T1], /, *, raise_on_error: Literal[True] = True) -> builtins.list[T1]: ...
+@overload
+async def execute(op1: Op[T1], /, *, raise_on_error: bool) -> builtins.list[T1 | Exception]: ...
+@overload
+async def execute(
+    op1: Op[T1], op2: Op[T2], /, *, raise_on_error: Literal[True] = True
+) -> builtins.list[T1 | T2]: ...
+@overload
+async def execute(
+    op1: Op[T1], op2: Op[T2], /, *, raise_on_error: bool
+) -> builtins.list[T1 | T2 | Exception]: ...
+@overload
+async def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], /, *, raise_on_error: Literal[True] = True
+) -> builtins.list[T1 | T2 | T3]: ...
+@overload
+async def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], /, *, raise_on_error: bool
+) -> builtins.list[T1 | T2 | T3 | Exception]: ...
+@overload
+async def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], op4: Op[T4], /, *, raise_on_error: Literal[True] = True
+) -> builtins.list[T1 | T2 | T3 | T4]: ...
+@overload
+async def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], op4: Op[T4], /, *, raise_on_error: bool
+) -> builtins.list[T1 | T2 | T3 | T4 | Exception]: ...
+@overload
+async def execute(
+    op1: Op[T1],
+    op2: Op[T2],
+    op3: Op[T3],
+    op4: Op[T4],
+    op5: Op[T5],
+    /,
+    *,
+    raise_on_error: Literal[True] = True,
+) -> builtins.list[T1 | T2 | T3 | T4 | T5]: ...
+@overload
+async def execute(
+    op1: Op[T1], op2: Op[T2], op3: Op[T3], op4: Op[T4], op5: Op[T5], /, *, raise_on_error: bool
+) -> builtins.list[T1 | T2 | T3 | T4 | T5 | Exception]: ...
+@overload
+async def execute(
+    op1: Op[T1],
+    op2: Op[T2],
+    op3: Op[T3],
+    op4: Op[T4],
+    op5: Op[T5],
+    op6: Op[T6],
+    /,
+    *,
+    raise_on_error: Literal[True] = True,
+) -> builtins.list[T1 | T2 | T3 | T4 | T5 | T6]: ...
+@overload
+async def execute(
+    op1: Op[T1],
+    op2: Op[T2],
+    op3: Op[T3],
+    op4: Op[T4],
+    op5: Op[T5],
+    op6: Op[T6],
+    /,
+    *,
+    raise_on_error: bool,
+) -> builtins.list[T1 | T2 | T3 | T4 | T5 | T6 | Exception]: ...
+@overload
+async def execute(*ops: Op[T], raise_on_error: Literal[True] = True) -> builtins.list[T]: ...
+@overload
+async def execute(*ops: Op[T], raise_on_error: Literal[False]) -> builtins.list[T | Exception]: ...
+@overload
+async def execute(*ops: Op[T], raise_on_error: bool) -> builtins.list[T | Exception]: ...
+async def execute(
+    *ops: Op[T], raise_on_error: bool = True
+) -> builtins.list[T] | builtins.list[T | Exception]:
+    """Run the ops, one round trip per backend and phase; return their results in order.
+
+    The ``co.ops.*`` values of :func:`cacheorm.execute`, run on the event loop
+    with the same grouping, ordering and per-op errors.
+
+    Args:
+        ops: values from ``co.ops.<name>(...)``, over any repos and async backends.
+        raise_on_error: ``True`` raises the first op's error after every op has run;
+            ``False`` puts each failed op's exception in its result slot.
+
+    Raises:
+        TypeError: an op's repo has a backend that blocks on I/O (nothing is run).
+    """
+    for op in ops:
+        op.repo.aio_direct  # noqa: B018  # TypeError for a blocking backend, before anything runs
+    jobs = [
+        Job(
+            op.repo.backend,
+            op.plan(),
+            miss_on_error=op.repo.on_backend_error == "miss",
+            multi_phase=op.multi_phase,
+            barrier=op.barrier,
+        )
+        for op in ops
+    ]
+    results = await run_many_async(jobs)
+    if raise_on_error:
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+    return results  # type: ignore[return-value]  # each slot holds its op's T (or an error)
