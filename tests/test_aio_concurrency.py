@@ -430,10 +430,12 @@ def test_cancelled_calls_leave_no_lock_no_torn_record_and_a_working_backend(
         print(f"\n  {spec['kind']}: {mess.hits()} of {total} calls cancelled mid-call ({counts})")
     # Only a call that awaits can be cut; MemoryBackend answers without awaiting, so
     # there only get_or_load (its loader sleeps) and execute (it loads) are cut.
+    # Cut mid-call per run: 34-144 in all, 3-38 per op, so these minimums only
+    # prove every kind of call was really interrupted at least once.
     assert mess.hits() >= 25
-    assert mess.hits("get_or_load") >= 5
+    assert mess.hits("get_or_load") >= 1
     if spec["kind"] != "amemory":
-        assert min(mess.hits(op) for op in OPS) >= 5
+        assert min(mess.hits(op) for op in OPS) >= 1
 
 
 # --- the event loop keeps running ------------------------------------------------------------
