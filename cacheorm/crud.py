@@ -406,7 +406,7 @@ def _plan_rmw(
         raw, token = _as_pair(got)
         old = _decode(repo, raw, key, bkey)
         if isinstance(edit, dict):
-            new = schema.evolve(old, edit)
+            new = schema.evolve(old, edit, checked=True)  # by _check_changes, before the read
         else:
             new = schema.prepare((yield from invoke(edit, old)))
         new = _before(repo, "before_update", new)

@@ -928,15 +928,20 @@ class Schema(Generic[R, K]):
                 "insert a new record and delete the old one"
             )
 
-    def evolve(self, record: R, changes: Mapping[str, object]) -> R:
+    def evolve(self, record: R, changes: Mapping[str, object], *, checked: bool = False) -> R:
         """A prepared copy of ``record`` with ``changes`` applied.
+
+        ``checked=True``: the caller already passed ``changes`` through
+        :meth:`check_changes` (an update checks them once, before its first
+        read, not again on every compare-and-set attempt).
 
         Raises:
             ValidationError: ``record`` is not an R, or :meth:`check_changes`
                 refuses ``changes`` (an unknown or key field, a value that
                 cannot be stored), or the merged record cannot be stored.
         """
-        self.check_changes(changes)
+        if not checked:
+            self.check_changes(changes)
         codec = self._codec
         try:
             merged = {**codec.as_mapping(record), **changes}
