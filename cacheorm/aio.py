@@ -34,31 +34,18 @@ written whole or not at all.
 from __future__ import annotations
 
 import builtins
-import functools
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from typing import Any, Concatenate, Literal, ParamSpec, TypeVar, cast, overload
-
-from typing_extensions import TypeVar as TypeVarWithDefault
+from typing import Any, Concatenate, Protocol, cast, overload
 
 from cacheorm import crud
-from cacheorm.engine import DECLARED, Job, Plan, run_many_async, run_one_async, signature_of
-from cacheorm.ops import Op
-from cacheorm.repo import Repo
+from cacheorm.crud import KL
+from cacheorm.engine import DECLARED, P, Plan, T, dressed, run_many_async, run_one_async
+from cacheorm.ops import Op, jobs_of, settle
+from cacheorm.ops import execute as _execute_sync
+from cacheorm.repo import K, R, Repo
 
 __all__ = ["execute", "twin"]
 __all__ += crud.__all__  # one coroutine twin per public function
-
-P = ParamSpec("P")
-R = TypeVar("R")
-K = TypeVarWithDefault("K", default=Hashable)
-KL = TypeVar("KL", bound=Hashable)  # a loader's own key type, where the repo's is unknown
-T = TypeVar("T")
-T1 = TypeVar("T1")
-T2 = TypeVar("T2")
-T3 = TypeVar("T3")
-T4 = TypeVar("T4")
-T5 = TypeVar("T5")
-T6 = TypeVar("T6")
 
 
 async def _drive(name: str, repo: Repo[R, K], /, *args: object, **kwargs: object) -> object:
@@ -89,10 +76,7 @@ def twin(
         miss = repo.on_backend_error == "miss"
         return await run_one_async(repo.backend, plan(repo, *args, **kwargs), miss, direct)
 
-    functools.update_wrapper(run, function)
-    run.__module__ = __name__
-    run.__dict__["__signature__"] = signature_of(declared.plan, lambda result: result)
-    return run
+    return dressed(run, function, __name__, lambda result: result)
 
 
 add = twin(crud.add)
@@ -169,81 +153,30 @@ def _derive_the_rest() -> None:
 _derive_the_rest()
 
 
-# The overloads of cacheorm.ops.execute, awaited (see there).
-@overload
-async def execute(op1: Op[T1], /, *, raise_on_error: Literal[True] = True) -> builtins.list[T1]: ...
-@overload
-async def execute(op1: Op[T1], /, *, raise_on_error: bool) -> builtins.list[T1 | Exception]: ...
-@overload
-async def execute(
-    op1: Op[T1], op2: Op[T2], /, *, raise_on_error: Literal[True] = True
-) -> builtins.list[T1 | T2]: ...
-@overload
-async def execute(
-    op1: Op[T1], op2: Op[T2], /, *, raise_on_error: bool
-) -> builtins.list[T1 | T2 | Exception]: ...
-@overload
-async def execute(
-    op1: Op[T1], op2: Op[T2], op3: Op[T3], /, *, raise_on_error: Literal[True] = True
-) -> builtins.list[T1 | T2 | T3]: ...
-@overload
-async def execute(
-    op1: Op[T1], op2: Op[T2], op3: Op[T3], /, *, raise_on_error: bool
-) -> builtins.list[T1 | T2 | T3 | Exception]: ...
-@overload
-async def execute(
-    op1: Op[T1], op2: Op[T2], op3: Op[T3], op4: Op[T4], /, *, raise_on_error: Literal[True] = True
-) -> builtins.list[T1 | T2 | T3 | T4]: ...
-@overload
-async def execute(
-    op1: Op[T1], op2: Op[T2], op3: Op[T3], op4: Op[T4], /, *, raise_on_error: bool
-) -> builtins.list[T1 | T2 | T3 | T4 | Exception]: ...
-@overload
-async def execute(
-    op1: Op[T1],
-    op2: Op[T2],
-    op3: Op[T3],
-    op4: Op[T4],
-    op5: Op[T5],
-    /,
-    *,
-    raise_on_error: Literal[True] = True,
-) -> builtins.list[T1 | T2 | T3 | T4 | T5]: ...
-@overload
-async def execute(
-    op1: Op[T1], op2: Op[T2], op3: Op[T3], op4: Op[T4], op5: Op[T5], /, *, raise_on_error: bool
-) -> builtins.list[T1 | T2 | T3 | T4 | T5 | Exception]: ...
-@overload
-async def execute(
-    op1: Op[T1],
-    op2: Op[T2],
-    op3: Op[T3],
-    op4: Op[T4],
-    op5: Op[T5],
-    op6: Op[T6],
-    /,
-    *,
-    raise_on_error: Literal[True] = True,
-) -> builtins.list[T1 | T2 | T3 | T4 | T5 | T6]: ...
-@overload
-async def execute(
-    op1: Op[T1],
-    op2: Op[T2],
-    op3: Op[T3],
-    op4: Op[T4],
-    op5: Op[T5],
-    op6: Op[T6],
-    /,
-    *,
-    raise_on_error: bool,
-) -> builtins.list[T1 | T2 | T3 | T4 | T5 | T6 | Exception]: ...
-@overload
-async def execute(*ops: Op[T], raise_on_error: Literal[True] = True) -> builtins.list[T]: ...
-@overload
-async def execute(*ops: Op[T], raise_on_error: Literal[False]) -> builtins.list[T | Exception]: ...
-@overload
-async def execute(*ops: Op[T], raise_on_error: bool) -> builtins.list[T | Exception]: ...
-async def execute(
+class _AwaitedTwin(Protocol):
+    """What :func:`awaited_twin` returns: generic in the sync function's own overloads."""
+
+    def __call__(self, sync: Callable[P, T], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+
+def awaited_twin(run: Callable[..., Coroutine[Any, Any, object]], /) -> _AwaitedTwin:
+    """``awaited_twin(run)(sync)`` is ``run``, typed as the awaited twin of ``sync``.
+
+    For a coroutine function whose work differs from its sync twin's (as
+    :func:`execute`'s does) but whose parameters and results are the same,
+    awaited: the overloads are written once, on ``sync``, and type checkers
+    carry every one of them over (a ParamSpec solved from one overloaded
+    argument keeps its overloads; hence the two calls).
+    """
+
+    def typed(sync: Callable[P, T], /) -> Callable[P, Coroutine[Any, Any, T]]:
+        run.__name__, run.__qualname__ = sync.__name__, sync.__qualname__
+        return cast("Callable[P, Coroutine[Any, Any, T]]", run)  # run takes what sync takes
+
+    return typed
+
+
+async def _execute(
     *ops: Op[T], raise_on_error: bool = True
 ) -> builtins.list[T] | builtins.list[T | Exception]:
     """Run the ops, one round trip per backend and phase; return their results in order.
@@ -261,19 +194,8 @@ async def execute(
     """
     for op in ops:
         op.repo.aio_direct  # noqa: B018  # TypeError for a blocking backend, before anything runs
-    jobs = [
-        Job(
-            op.repo.backend,
-            op.plan(),
-            miss_on_error=op.repo.on_backend_error == "miss",
-            multi_phase=op.multi_phase,
-            barrier=op.barrier,
-        )
-        for op in ops
-    ]
-    results = await run_many_async(jobs)
-    if raise_on_error:
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-    return results  # type: ignore[return-value]  # each slot holds its op's T (or an error)
+    results = await run_many_async(jobs_of(ops))
+    return settle(results, raise_on_error)  # type: ignore[return-value]  # each slot holds its op's T (or an error)
+
+
+execute = awaited_twin(_execute)(_execute_sync)

@@ -27,8 +27,6 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TypeVar, cast, overload
 
-from typing_extensions import TypeVar as TypeVarWithDefault
-
 from cacheorm.backends.base import (
     KEEP_TTL,
     Add,
@@ -44,7 +42,7 @@ from cacheorm.backends.base import (
     Set,
     is_int,
 )
-from cacheorm.engine import Plan, Sleep, declare, invoke, plan_all
+from cacheorm.engine import Plan, Sleep, T, declare, invoke, plan_all
 from cacheorm.errors import (
     AlreadyExists,
     BackendError,
@@ -54,7 +52,7 @@ from cacheorm.errors import (
     NotFound,
     ValidationError,
 )
-from cacheorm.repo import NAMESPACE_FIELD, AfterWrite, BeforeWrite, DeleteEvent, Repo
+from cacheorm.repo import NAMESPACE_FIELD, AfterWrite, BeforeWrite, DeleteEvent, K, R, Repo
 
 # The public functions: every name here is declared below with @declare, once.
 __all__ = [
@@ -76,10 +74,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-R = TypeVar("R")
-T = TypeVar("T")
-K = TypeVarWithDefault("K", default=Hashable)
-KL = TypeVar("KL", bound=Hashable)
+KL = TypeVar("KL", bound=Hashable)  # a loader's own key type, where the repo's is unknown
 
 LOCK_PREFIX = b"\x00lock\x00"
 """Prefix of ``get_or_load``'s stampede lock keys: keys cacheorm builds never start with

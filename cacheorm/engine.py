@@ -51,7 +51,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Hashable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import (
     ClassVar,
     Concatenate,
@@ -65,11 +65,9 @@ from typing import (
     cast,
 )
 
-from typing_extensions import TypeVar as TypeVarWithDefault
-
 from cacheorm.backends.base import AsyncBackend, Backend, Command, apply, apply_async
 from cacheorm.errors import BackendError, CacheORMError
-from cacheorm.repo import Repo, backend_driver
+from cacheorm.repo import K, R, Repo, backend_driver
 
 __all__ = [
     "DECLARED",
@@ -93,10 +91,9 @@ logger = logging.getLogger(__name__)
 
 A = TypeVar("A")
 P = ParamSpec("P")
-R = TypeVar("R")
 T = TypeVar("T")
 Y = TypeVar("Y")
-K = TypeVarWithDefault("K", default=Hashable)
+D = TypeVar("D", bound=Callable[..., object])  # a function derived from a declaration
 
 
 class Sleep(NamedTuple):
@@ -259,14 +256,30 @@ def send_phase(backend: Backend, commands: Sequence[Command], miss_on_error: boo
             without ``miss_on_error``).
     """
     try:
-        results = dispatch(backend, commands)
+        outcome: list[object] | BackendError = dispatch(backend, commands)
     except BackendError as err:
+        outcome = err
+    return settle_phase(backend, commands, miss_on_error, outcome)
+
+
+def settle_phase(
+    backend: Backend | AsyncBackend,
+    commands: Sequence[Command],
+    miss_on_error: bool,
+    outcome: list[object] | BackendError,
+) -> list[object]:
+    """A phase's results from its dispatch's outcome (for :func:`send_phase` and its async twin).
+
+    Raises:
+        BackendError: ``outcome``, a failure of the call as a whole, without ``miss_on_error``.
+    """
+    if isinstance(outcome, BackendError):
         if not miss_on_error:
-            raise
-        results = [err] * len(commands)
+            raise outcome
+        outcome = [outcome] * len(commands)
     if miss_on_error:
-        Outage.observe(backend, commands, results)
-    return results
+        Outage.observe(backend, commands, outcome)
+    return outcome
 
 
 async def dispatch_async(
@@ -293,14 +306,10 @@ async def send_phase_async(
 ) -> list[object]:
     """:func:`send_phase` for the async driver (see :func:`dispatch_async`)."""
     try:
-        results = await dispatch_async(backend, commands, direct)
+        outcome: list[object] | BackendError = await dispatch_async(backend, commands, direct)
     except BackendError as err:
-        if not miss_on_error:
-            raise
-        results = [err] * len(commands)
-    if miss_on_error:
-        Outage.observe(backend, commands, results)
-    return results
+        outcome = err
+    return settle_phase(backend, commands, miss_on_error, outcome)
 
 
 def _perform(plan: Generator[Y, list[object], object], step: Instruction) -> Y:
@@ -766,10 +775,7 @@ def declare(
     ) -> Callable[Concatenate[Repo[R, K], P], T]:
         name = plan.__name__
         DECLARED[name] = Declared(name, plan, multi_phase, draws_keys, snapshot)
-        function = _driven(plan)
-        functools.update_wrapper(function, plan)
-        function.__dict__["__signature__"] = signature_of(plan, lambda result: result)
-        return function
+        return dressed(_driven(plan), plan, plan.__module__, lambda result: result)
 
     return wrap
 
@@ -797,6 +803,22 @@ def _driven(
         )
 
     return driven
+
+
+def dressed(
+    derived: D, function: Callable[..., object], module: str, result: Callable[[str], str]
+) -> D:
+    """``derived`` (made from a declared ``function``) shown as ``function`` in ``module``.
+
+    For ``help()``: the declared function's name and docstring, and its plan's
+    signature with the ``Plan[T]`` result shown as ``result("T")``. Used for
+    the sync function, its op builder and its coroutine twin alike.
+    """
+    functools.update_wrapper(derived, function)
+    derived.__module__ = module
+    plan = DECLARED[function.__name__].plan
+    derived.__dict__["__signature__"] = signature_of(plan, result)
+    return derived
 
 
 def signature_of(plan: Callable[..., object], result: Callable[[str], str]) -> inspect.Signature:

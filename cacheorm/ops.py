@@ -25,24 +25,17 @@ key it drew).
 from __future__ import annotations
 
 import builtins
-import functools
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Concatenate, Generic, Literal, ParamSpec, TypeVar, cast, overload
-
-from typing_extensions import TypeVar as TypeVarWithDefault
+from typing import Concatenate, Generic, Literal, TypeVar, cast, overload
 
 from cacheorm import crud
-from cacheorm.engine import DECLARED, Declared, Job, Plan, run_many, signature_of
-from cacheorm.repo import Repo
+from cacheorm.engine import DECLARED, Declared, Job, P, Plan, T, dressed, run_many
+from cacheorm.repo import K, R, Repo
 
 __all__ = ["Op", "execute"]
 __all__ += crud.__all__  # one op builder per public function
 
-P = ParamSpec("P")
-R = TypeVar("R")
-K = TypeVarWithDefault("K", default=Hashable)
-T = TypeVar("T")
 T1 = TypeVar("T1")
 T2 = TypeVar("T2")
 T3 = TypeVar("T3")
@@ -110,12 +103,10 @@ def op(
             kept = (snapshot(kept[0]), *kept[1:])
         return Op(declared.name, repo, kept, dict(kwargs))  # type: ignore[arg-type]  # Repo is invariant; ops only read it
 
-    functools.update_wrapper(build, function)
-    build.__module__ = __name__
+    dressed(build, function, __name__, lambda result: f"Op[{result}]")
     build.__doc__ = (
         f"Describe :func:`cacheorm.{declared.name}` as an :class:`Op` for :func:`execute`."
     )
-    build.__dict__["__signature__"] = signature_of(declared.plan, lambda result: f"Op[{result}]")
     return build
 
 
@@ -224,16 +215,19 @@ def execute(
             exception in its result slot.
 
     Example:
-        >>> from typing import NamedTuple
         >>> import cacheorm as co
-        >>> class Person(NamedTuple):
-        ...     name: str
-        ...     height: float
-        >>> people = co.Repo(co.Schema(Person, key="name"))
+        >>> from cacheorm.demo import PERSON, Person  # co.Schema(Person, key="name")
+        >>> people = co.Repo(PERSON)
         >>> co.execute(co.ops.insert(people, Person("Sam", 1.8)), co.ops.exists(people, "Sam"))
-        [Person(name='Sam', height=1.8), True]
+        [Person(name='Sam', height=1.8, married=False, email=None), True]
     """
-    jobs = [
+    results = run_many(jobs_of(ops))
+    return settle(results, raise_on_error)  # type: ignore[return-value]  # each slot holds its op's T (or an error)
+
+
+def jobs_of(ops: Iterable[Op[object]]) -> builtins.list[Job]:
+    """The engine's jobs for these ops, in order (for :func:`execute` and its ``aio`` twin)."""
+    return [
         Job(
             op.repo.backend,
             op.plan(),
@@ -243,9 +237,16 @@ def execute(
         )
         for op in ops
     ]
-    results = run_many(jobs)
+
+
+def settle(results: builtins.list[object], raise_on_error: bool) -> builtins.list[object]:
+    """The results of :func:`execute` (and its ``aio`` twin), once every op has run.
+
+    Raises:
+        Exception: the first op's error, with ``raise_on_error``.
+    """
     if raise_on_error:
         for result in results:
             if isinstance(result, Exception):
                 raise result
-    return results  # type: ignore[return-value]  # each slot holds its op's T (or an error)
+    return results

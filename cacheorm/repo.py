@@ -51,6 +51,7 @@ __all__ = [
     "on",
 ]
 
+# The record and key type variables, one definition for every module built on Repo.
 R = TypeVar("R")
 K = TypeVarWithDefault("K", default=Hashable)
 KH = TypeVar("KH", bound=Hashable)  # a handler's own key type, where the repo's is unknown
@@ -220,12 +221,9 @@ class Repo(Generic[R, K]):
             lifetime on ``update``/``modify``; ``True`` restarts it with ``ttl``.
 
     Example:
-        >>> from typing import NamedTuple
         >>> import cacheorm as co
-        >>> class Person(NamedTuple):
-        ...     name: str
-        ...     height: float
-        >>> people = co.Repo(co.Schema(Person, key="name"), ttl=60)
+        >>> from cacheorm.demo import PERSON  # co.Schema(Person, key="name")
+        >>> people = co.Repo(PERSON, ttl=60)
         >>> people.replace(ttl=0).ttl
         0
     """

@@ -37,31 +37,15 @@ loop's waits (6 threads let a 5 ms ticker stall 50+ ms under 1,000 calls); the
 file operations serialise on the directory lock anyway."""
 
 
-class ThreadedBackend:
-    """An :class:`~cacheorm.AsyncBackend` running a sync backend's calls in worker threads.
+class SyncWrapper:
+    """The part every async wrapper of a sync ``backend`` shares: its repr and default TTL.
 
-    Args:
-        backend: the sync backend; it must be thread-safe (every cacheorm
-            backend is). Each call takes a thread of the loop's default executor.
-
-    :meth:`aclose` closes ``backend``.
+    Subclasses (:class:`ThreadedBackend`,
+    :class:`~cacheorm.backends.atiered.InProcessAsync`) add the async calls.
     """
 
-    def __init__(self, backend: Backend, *, threads: int = THREADS) -> None:
+    def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self._threads = threads
-        self._pool: ThreadPoolExecutor | None = None
-
-    async def _finished(self, fn: Callable[..., T], /, *args: object) -> T:
-        """``fn(*args)`` in a worker thread, finished before a cancellation goes on."""
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="cacheorm")
-        call = asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
-        try:
-            return await asyncio.shield(call)
-        except asyncio.CancelledError:
-            await asyncio.wait([call])
-            raise
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.backend!r})"
@@ -75,6 +59,33 @@ class ThreadedBackend:
     def default_ttl(self, value: int) -> None:
         # Backend only promises to read default_ttl; every cacheorm backend's is settable.
         self.backend.default_ttl = value  # type: ignore[misc]  # see above
+
+
+class ThreadedBackend(SyncWrapper):
+    """An :class:`~cacheorm.AsyncBackend` running a sync backend's calls in worker threads.
+
+    Args:
+        backend: the sync backend; it must be thread-safe (every cacheorm
+            backend is). Each call takes a thread of the loop's default executor.
+
+    :meth:`aclose` closes ``backend``.
+    """
+
+    def __init__(self, backend: Backend, *, threads: int = THREADS) -> None:
+        super().__init__(backend)
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def _finished(self, fn: Callable[..., T], /, *args: object) -> T:
+        """``fn(*args)`` in a worker thread, finished before a cancellation goes on."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="cacheorm")
+        call = asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            await asyncio.wait([call])
+            raise
 
     async def get(self, key: bytes) -> bytes | None:
         """See :meth:`cacheorm.Backend.get`."""

@@ -76,7 +76,7 @@ from cacheorm.backends.memcached import (
     _has_job,
     _incr_steps,
     _Job,
-    _job,
+    _jobs,
     _new_client,
     _Placer,
     _server_name,
@@ -561,14 +561,7 @@ class AsyncMemcachedBackend:
 
     async def batch(self, commands: Sequence[Command]) -> list[object]:
         """Run the commands with one pipeline per server; results (or errors) in command order."""
-        default = self.default_ttl
-        jobs: list[_Job[object] | CacheORMError] = []
-        for command in commands:
-            try:
-                jobs.append(_job(command, default))
-            except CacheORMError as err:
-                jobs.append(err)
-        return await self._execute(jobs)
+        return await self._execute(_jobs(commands, self.default_ttl))
 
     async def ping(self) -> None:
         """Return when every server answers a read.

@@ -38,7 +38,7 @@ from cacheorm.backends.redis import (
     Moved,
     Pause,
     Plan,
-    RedisCore,
+    RedisSetup,
     Refresh,
     Reply,
     Step,
@@ -48,12 +48,12 @@ from cacheorm.backends.redis import (
     describe,
     error,
     is_cluster_url,
+    lost_replies,
     no_slot_map,
     parse_cluster_url,
     route,
     standalone_server,
 )
-from cacheorm.errors import ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -98,7 +98,7 @@ class _Pool(Protocol):
     def reset(self) -> None: ...
 
 
-class AsyncRedisBackend:
+class AsyncRedisBackend(RedisSetup):
     """Store bytes in Redis from asyncio code, standalone or cluster.
 
     Everything :class:`~cacheorm.backends.redis.RedisBackend` documents holds
@@ -151,18 +151,7 @@ class AsyncRedisBackend:
         max_value_size: int = 512 * 1024 * 1024,
         max_connections: int = 100,
     ) -> None:
-        core = RedisCore(
-            name="AsyncRedisBackend",
-            default_ttl=default_ttl,
-            retries=retries,
-            max_value_size=max_value_size,
-        )
-        self._core = core
-        self.default_ttl = core.default_ttl
-        self._errors = core.d.errors
-        if (client is None) == (url is None):
-            raise ValidationError("AsyncRedisBackend needs exactly one of client= or url=")
-        self._owns_client = client is None
+        self._set_up("AsyncRedisBackend", client, url, default_ttl, retries, max_value_size)
         self._url = url
         if client is None:
             assert url is not None
@@ -353,8 +342,7 @@ class AsyncRedisBackend:
             try:
                 connection = await self._acquire(node)
             except self._errors as err:
-                lost = Lost(err, sent=False)
-                return [(server, wire, lost) for wire in wires]
+                return lost_replies(server, wires, err, sent=False)
             complete = False
             try:
                 if len(wires) == 1 and not wires[0].asking:
@@ -364,8 +352,7 @@ class AsyncRedisBackend:
                 try:
                     await connection.send_packed_command(packed)
                 except self._errors as err:  # part of it may have arrived: unknown
-                    lost = Lost(err, sent=True)
-                    return [(server, wire, lost) for wire in wires]
+                    return lost_replies(server, wires, err, sent=True)
                 replies = await self._read(server, connection, wires)
                 complete = not replies or not isinstance(replies[-1][2], Lost)
                 return replies
@@ -386,8 +373,7 @@ class AsyncRedisBackend:
             except response_error as err:
                 reply = err
             except self._errors as err:  # redis-py has closed the connection
-                lost = Lost(err, sent=True)
-                replies.extend((server, rest, lost) for rest in wires[index:])
+                replies.extend(lost_replies(server, wires[index:], err, sent=True))
                 break
             replies.append((server, wire, reply))
         return replies

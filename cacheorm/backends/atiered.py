@@ -3,7 +3,8 @@
 Same semantics as the sync tier (read its module docs): reads try ``near``
 first and fill it from ``far`` with the far entry's remaining lifetime (capped
 by ``near_ttl``), writes go to ``far`` first and then ``near``, conditional
-operations are decided by ``far`` alone. ``near`` is a
+operations are decided by ``far`` alone; the decisions are the sync tier's own
+code (:class:`~cacheorm.backends.tiered.NearCopies`). ``near`` is a
 :class:`~cacheorm.MemoryBackend` (called directly: it does no I/O) or any
 :class:`~cacheorm.AsyncBackend`; ``far`` is an :class:`~cacheorm.AsyncBackend`.
 
@@ -19,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import assert_never
 
-from cacheorm.backends import base
+from cacheorm.backends.afilesystem import SyncWrapper
 from cacheorm.backends.base import (
     KEEP_TTL,
     TTL,
@@ -32,9 +31,8 @@ from cacheorm.backends.base import (
     CasToken,
     Command,
     Keep,
-    resolve_ttl,
 )
-from cacheorm.backends.tiered import FILL_TTL, _near_candidates, _shorter
+from cacheorm.backends.tiered import NearCopies, _near_candidates, _serve_near, _spread
 from cacheorm.errors import CacheORMError
 from cacheorm.repo import backend_driver
 
@@ -43,28 +41,12 @@ __all__ = ["AsyncTieredBackend", "InProcessAsync"]
 logger = logging.getLogger(__name__)
 
 
-class InProcessAsync:
+class InProcessAsync(SyncWrapper):
     """An in-process sync store (a :class:`~cacheorm.MemoryBackend`) as an AsyncBackend.
 
     Each coroutine calls the store's own method directly: it does no I/O, so
     it never blocks the loop for long and needs no thread.
     """
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-
-    def __repr__(self) -> str:
-        return f"InProcessAsync({self.backend!r})"
-
-    @property
-    def default_ttl(self) -> int:
-        """The store's default TTL."""
-        return self.backend.default_ttl
-
-    @default_ttl.setter
-    def default_ttl(self, value: int) -> None:
-        # Backend only promises to read default_ttl; every cacheorm backend's is settable.
-        self.backend.default_ttl = value  # type: ignore[misc]  # see above
 
     async def get(self, key: bytes) -> bytes | None:
         """See :meth:`cacheorm.Backend.get`."""
@@ -152,7 +134,7 @@ class InProcessAsync:
         self.backend.close()
 
 
-class AsyncTieredBackend:
+class AsyncTieredBackend(NearCopies):
     """Read through ``near`` to ``far``; write to both (see :class:`~cacheorm.TieredBackend`).
 
     Args:
@@ -166,6 +148,9 @@ class AsyncTieredBackend:
 
     :meth:`aclose` closes both backends.
     """
+
+    near: Backend | AsyncBackend
+    far: AsyncBackend
 
     def __init__(
         self, near: Backend | AsyncBackend, far: AsyncBackend, near_ttl: int | None = None
@@ -184,32 +169,8 @@ class AsyncTieredBackend:
         )
         # A lock only where near is awaited between the epoch check and the update.
         self._lock: asyncio.Lock | None = None if near_driver == "both" else asyncio.Lock()
-        self.near_ttl = None if near_ttl is None else resolve_ttl(near_ttl, 0)
-        self._fill_ttl = FILL_TTL if self.near_ttl is None else self.near_ttl
+        self._set_near_ttl(near_ttl)
         self._epoch = 0
-
-    def __repr__(self) -> str:
-        return f"AsyncTieredBackend(near={self.near!r}, far={self.far!r}, near_ttl={self.near_ttl})"
-
-    @property
-    def default_ttl(self) -> int:
-        """``far``'s default TTL: the one that decides how long values live."""
-        return self.far.default_ttl
-
-    @default_ttl.setter
-    def default_ttl(self, value: int) -> None:
-        # AsyncBackend only promises to read default_ttl; every cacheorm backend's is settable.
-        self.far.default_ttl = value  # type: ignore[misc]  # see above
-
-    # The TTL rules are TieredBackend's (same names, same reasons).
-    def _near_ttl(self, ttl: int | None) -> int:
-        return _shorter(self._fill_ttl, resolve_ttl(ttl, self.far.default_ttl))
-
-    def _fill_ttl_for(self, remaining: float) -> int | None:
-        if remaining == 0.0:
-            return self._fill_ttl
-        seconds = math.floor(remaining)
-        return None if seconds < 1 else _shorter(self._fill_ttl, seconds)
 
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
@@ -231,10 +192,7 @@ class AsyncTieredBackend:
         self, keys: Sequence[bytes], found: Sequence[tuple[bytes, float] | None], seen: int
     ) -> None:
         """Copy what ``far`` answered into ``near`` unless a write came in between."""
-        by_ttl: dict[int, dict[bytes, bytes]] = {}
-        for key, hit in zip(keys, found, strict=True):
-            if hit is not None and (ttl := self._fill_ttl_for(hit[1])) is not None:
-                by_ttl.setdefault(ttl, {})[key] = hit[0]
+        by_ttl = self._fills(keys, found)
         if not by_ttl:
             return
         async with self._guard():
@@ -431,28 +389,16 @@ class AsyncTieredBackend:
         """As :meth:`cacheorm.TieredBackend.batch`: plain ``get``s through ``near``, the rest
         to ``far`` in one ``far.batch``, then ``near`` brought in line."""
         results: list[object] = [None] * len(commands)
-        candidates = _near_candidates(commands)
+        candidates, remote = _near_candidates(commands)
         near_values = (
             await self._near.get_many(*[commands[i].key for i in candidates]) if candidates else []
         )
-        missed: dict[bytes, list[int]] = {}
-        for i, value in zip(candidates, near_values, strict=True):
-            if value is None:
-                missed.setdefault(commands[i].key, []).append(i)
-            else:
-                results[i] = value
-        served = set(candidates)
+        missed = _serve_near(commands, candidates, near_values, results)
         if missed:
             try:
-                fetched: list[object] = [
-                    None if hit is None else hit[0] for hit in await self._fetch(list(missed))
-                ]
+                _spread(missed, await self._fetch(list(missed)), results)
             except CacheORMError as err:
-                fetched = [err] * len(missed)  # in each slot, like a failed far command
-            for indexes, answer in zip(missed.values(), fetched, strict=True):
-                for i in indexes:
-                    results[i] = answer
-        remote = [i for i in range(len(commands)) if i not in served]
+                _spread(missed, err, results)
         if not remote:
             return results
         try:
@@ -466,38 +412,10 @@ class AsyncTieredBackend:
         return results
 
     async def _follow(self, commands: Sequence[Command], answers: Sequence[object]) -> None:
-        """Bring ``near`` in line with far's results (see ``TieredBackend._follow``)."""
-        final: dict[bytes, tuple[bytes, int] | None] = {}
-        for command, answer in zip(commands, answers, strict=True):
-            match command:
-                case base.Set() | base.Add() | base.Replace() | base.Cas() if (
-                    answer is True and not isinstance(command.ttl, Keep)
-                ):
-                    final[command.key] = (command.value, self._near_ttl(command.ttl))
-                case base.Get() | base.Has():
-                    continue
-                case (
-                    base.Set()
-                    | base.Add()
-                    | base.Replace()
-                    | base.Cas()
-                    | base.Gets()
-                    | base.Delete()
-                    | base.DeleteIf()
-                    | base.Incr()
-                ):
-                    final[command.key] = None  # failed, kept its TTL, or not a value: drop
-                case _:
-                    assert_never(command)
-        if not final:
+        """Bring ``near`` in line with far's results (see :meth:`NearCopies._latest`)."""
+        copies, drops, keys = self._follows(commands, answers)
+        if not keys:
             return
-        copies: dict[int, dict[bytes, bytes]] = {}
-        drops: list[bytes] = []
-        for key, copy in final.items():
-            if copy is None:
-                drops.append(key)
-            else:
-                copies.setdefault(copy[1], {})[key] = copy[0]
         try:
             async with self._changing():
                 for ttl, mapping in copies.items():
@@ -505,7 +423,7 @@ class AsyncTieredBackend:
                 if drops:
                     await self._near.delete_many(*drops)
         except CacheORMError:
-            await self._drop(*final)
+            await self._drop(*keys)
 
     async def ping(self) -> None:
         """Return when ``far`` answers (``near`` holds only copies)."""

@@ -1217,14 +1217,7 @@ class MemcachedBackend:
         :class:`~cacheorm.BackendError` (``.server`` names it) after one timeout,
         while the keys of the other servers are served.
         """
-        default = self.default_ttl
-        jobs: list[_Job[object] | CacheORMError] = []
-        for command in commands:
-            try:
-                jobs.append(_job(command, default))
-            except CacheORMError as err:
-                jobs.append(err)
-        return self._execute(jobs)
+        return self._execute(_jobs(commands, self.default_ttl))
 
     def close(self) -> None:
         """Close the connections this backend opened; the backend is unusable after.
@@ -1235,6 +1228,17 @@ class MemcachedBackend:
             for node in self._nodes:
                 if node.owned:
                     node.client.close()
+
+
+def _jobs(commands: Sequence[Command], default: int) -> list[_Job[object] | CacheORMError]:
+    """The jobs of a batch, in command order; a command that cannot run gets its error."""
+    jobs: list[_Job[object] | CacheORMError] = []
+    for command in commands:
+        try:
+            jobs.append(_job(command, default))
+        except CacheORMError as err:
+            jobs.append(err)
+    return jobs
 
 
 def _job(command: Command, default: int) -> _Job[object]:

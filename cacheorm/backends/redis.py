@@ -55,15 +55,6 @@ from typing import (
 from urllib.parse import urlsplit
 
 from cacheorm.backends import base
-from cacheorm.backends.base import (
-    KEEP_TTL,
-    TTL,
-    CasToken,
-    Command,
-    Keep,
-    check_delta,
-    resolve_ttl,
-)
 from cacheorm.errors import (
     BackendError,
     CacheORMError,
@@ -155,8 +146,8 @@ _BACKOFF: Final = (0.01, 0.1)
 
 
 def _seconds(ttl: object, default: int) -> int:
-    """:func:`resolve_ttl`, with TTLs beyond what Redis can express stored without expiry."""
-    seconds = resolve_ttl(ttl, default)
+    """``base.resolve_ttl``, with TTLs beyond what Redis can express stored without expiry."""
+    seconds = base.resolve_ttl(ttl, default)
     return 0 if seconds > _MAX_EXPIRE else seconds
 
 
@@ -164,7 +155,7 @@ def _token(value: bytes) -> str:
     return hashlib.sha1(value).hexdigest()
 
 
-def _value(command: Command, reply: object) -> object:
+def _value(command: base.Command, reply: object) -> object:
     """A command's result from its (successful) Redis reply."""
     match command:
         case base.Get():
@@ -319,6 +310,12 @@ def _keys(wire: Wire) -> Sequence[bytes]:
 
 Reply: TypeAlias = tuple[str, Wire, object]
 """(server, wire, reply): the reply is the server's answer, its error reply, or a Lost."""
+
+
+def lost_replies(server: str, wires: Sequence[Wire], err: Exception, *, sent: bool) -> list[Reply]:
+    """The replies of commands whose connection failed before their answers: a Lost each."""
+    lost = Lost(err, sent=sent)
+    return [(server, wire, lost) for wire in wires]
 
 
 # -- URLs and clients ---------------------------------------------------------------
@@ -540,10 +537,10 @@ class RedisCore:
 
     # -- commands ----------------------------------------------------------------------
 
-    def _cas_ttl(self, ttl: int | Keep | None) -> int:
-        return -1 if ttl is KEEP_TTL else _seconds(ttl, self.default_ttl)
+    def _cas_ttl(self, ttl: int | base.Keep | None) -> int:
+        return -1 if ttl is base.KEEP_TTL else _seconds(ttl, self.default_ttl)
 
-    def wire(self, command: Command) -> Wire:
+    def wire(self, command: base.Command) -> Wire:
         """The command as Redis runs it (the one place a command becomes a Redis command).
 
         Raises:
@@ -579,7 +576,7 @@ class RedisCore:
             case _:
                 assert_never(command)
 
-    def _store(self, key: bytes, value: bytes, ttl: TTL, condition: tuple[str, ...]) -> Wire:
+    def _store(self, key: bytes, value: bytes, ttl: base.TTL, condition: tuple[str, ...]) -> Wire:
         """``SET [NX|XX] [EX]``: unconditional (``condition`` empty) is safe to resend."""
         seconds = _seconds(ttl, self.default_ttl)
         if len(value) > self.max_value_size:
@@ -600,7 +597,7 @@ class RedisCore:
             "(Redis refuses strings over proto-max-bulk-len, 512 MB by default); store less"
         )
 
-    def result(self, command: Command, wire: Wire) -> object:
+    def result(self, command: base.Command, wire: Wire) -> object:
         """The command's result from its wire's outcome (an error stays an error)."""
         reply = wire.outcome
         if isinstance(reply, CacheORMError):
@@ -790,7 +787,7 @@ class RedisCore:
 
     # -- plans: one per operation, run by either driver -------------------------------
 
-    def one(self, command: Command) -> Plan[object]:
+    def one(self, command: base.Command) -> Plan[object]:
         """Run one command; return its result or raise its error."""
         wire = self.wire(command)
         yield from self.run((wire,))
@@ -860,7 +857,7 @@ class RedisCore:
                 found.append((value, 0.0 if pttl == -1 else max(pttl, 1) / 1000))
         return found
 
-    def set_many(self, mapping: Mapping[bytes, bytes], ttl: TTL) -> Plan[None]:
+    def set_many(self, mapping: Mapping[bytes, bytes], ttl: base.TTL) -> Plan[None]:
         """See :meth:`RedisBackend.set_many`."""
         wires = [self.wire(base.Set(key, value, ttl)) for key, value in mapping.items()]
         oversized = [wire for wire in wires if wire.too_large]
@@ -868,7 +865,7 @@ class RedisCore:
         if oversized:
             raise self.too_large()
 
-    def replace_many(self, mapping: Mapping[bytes, bytes], ttl: TTL) -> Plan[list[bool]]:
+    def replace_many(self, mapping: Mapping[bytes, bytes], ttl: base.TTL) -> Plan[list[bool]]:
         """See :meth:`RedisBackend.replace_many`."""
         commands = [base.Replace(key, value, ttl) for key, value in mapping.items()]
         wires = [self.wire(command) for command in commands]
@@ -890,7 +887,7 @@ class RedisCore:
         counts = yield from self.run_all(wires)
         return sum(cast("int", count) for count in counts)
 
-    def touch(self, key: bytes, ttl: TTL) -> Plan[bool]:
+    def touch(self, key: bytes, ttl: base.TTL) -> Plan[bool]:
         """See :meth:`RedisBackend.touch`."""
         seconds = _seconds(ttl, self.default_ttl)
         if seconds:
@@ -899,12 +896,12 @@ class RedisCore:
             found = yield from self.call(("EVALSHA", _SHA["touch"], 1, key), key, False)
         return bool(found)
 
-    def gets(self, key: bytes) -> Plan[tuple[bytes, CasToken] | None]:
+    def gets(self, key: bytes) -> Plan[tuple[bytes, base.CasToken] | None]:
         """See :meth:`RedisBackend.gets`."""
         value = cast("bytes | None", (yield from self.call(("GET", key), key, True)))
         return None if value is None else (value, _token(value))
 
-    def batch(self, commands: Sequence[Command]) -> Plan[list[object]]:
+    def batch(self, commands: Sequence[base.Command]) -> Plan[list[object]]:
         """See :meth:`RedisBackend.batch`."""
         if len(commands) <= 1:
             alone: list[object] = []
@@ -940,11 +937,11 @@ class RedisCore:
             results[index] = self.result(commands[index], wire)
         return results
 
-    def _alone(self, command: Command) -> Plan[object]:
+    def _alone(self, command: base.Command) -> Plan[object]:
         """Run one command of a batch; return its result or its error."""
         try:
             if isinstance(command, base.Incr):
-                check_delta(command.delta)
+                base.check_delta(command.delta)
             return (yield from self.one(command))
         except CacheORMError as err:
             return err
@@ -954,7 +951,39 @@ class RedisCore:
         yield from self.call(("PING",), b"", True)
 
 
-class RedisBackend:
+class RedisSetup:
+    """What both Redis backends set up alike: the checked options, the core, the client's owner."""
+
+    default_ttl: int
+
+    def _set_up(
+        self,
+        name: str,
+        client: object,
+        url: str | None,
+        default_ttl: int,
+        retries: int,
+        max_value_size: int,
+    ) -> RedisCore:
+        """Check the options and return the backend's :class:`RedisCore`.
+
+        Raises:
+            ValidationError: an illegal ``default_ttl``, a negative ``retries``,
+                or neither or both of ``client`` and ``url``.
+        """
+        core = RedisCore(
+            name=name, default_ttl=default_ttl, retries=retries, max_value_size=max_value_size
+        )
+        self._core = core
+        self.default_ttl = core.default_ttl
+        self._errors = core.d.errors
+        if (client is None) == (url is None):
+            raise ValidationError(f"{name} needs exactly one of client= or url=")
+        self._owns_client = client is None
+        return core
+
+
+class RedisBackend(RedisSetup):
     """Store bytes in Redis, standalone or cluster.
 
     Built from ``url``, the client gets explicit limits instead of redis-py
@@ -1044,18 +1073,7 @@ class RedisBackend:
     ) -> None:
         import redis as redis_module
 
-        core = RedisCore(
-            name="RedisBackend",
-            default_ttl=default_ttl,
-            retries=retries,
-            max_value_size=max_value_size,
-        )
-        self._core = core
-        self.default_ttl = core.default_ttl
-        self._errors = core.d.errors
-        if (client is None) == (url is None):
-            raise ValidationError("RedisBackend needs exactly one of client= or url=")
-        self._owns_client = client is None
+        core = self._set_up("RedisBackend", client, url, default_ttl, retries, max_value_size)
         if client is None:
             assert url is not None
             client = self._from_url(redis_module, url, socket_timeout, socket_connect_timeout)
@@ -1171,8 +1189,7 @@ class RedisBackend:
         try:
             connection = pool.get_connection()
         except self._errors as err:
-            lost = Lost(err, sent=False)
-            replies.extend((server, wire, lost) for wire in wires)
+            replies.extend(lost_replies(server, wires, err, sent=False))
             return None
         packed = [args for wire in wires for args in wire.packed()]
         try:
@@ -1180,8 +1197,7 @@ class RedisBackend:
         except self._errors as err:  # part of it may have arrived: unknown
             connection.disconnect()
             pool.release(connection)
-            lost = Lost(err, sent=True)
-            replies.extend((server, wire, lost) for wire in wires)
+            replies.extend(lost_replies(server, wires, err, sent=True))
             return None
         return server, pool, connection, wires
 
@@ -1198,8 +1214,7 @@ class RedisBackend:
             except response_error as err:
                 reply = err
             except self._errors as err:  # redis-py has closed the connection
-                lost = Lost(err, sent=True)
-                replies.extend((server, rest, lost) for rest in wires[index:])
+                replies.extend(lost_replies(server, wires[index:], err, sent=True))
                 return
             replies.append((server, wire, reply))
 
@@ -1248,15 +1263,15 @@ class RedisBackend:
         """Return the value, or ``None`` when the key is absent or expired."""
         return cast("bytes | None", self._drive(self._core.call(("GET", key), key, True)))
 
-    def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
+    def set(self, key: bytes, value: bytes, ttl: base.TTL = None) -> None:
         """Store ``value`` unconditionally (``SET``, with ``EX`` unless the TTL is 0)."""
         self._drive(self._core.one(base.Set(key, value, ttl)))
 
-    def add(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
+    def add(self, key: bytes, value: bytes, ttl: base.TTL = None) -> bool:
         """Store only if absent, in one ``SET NX [EX]``. Return whether it was stored."""
         return cast("bool", self._drive(self._core.one(base.Add(key, value, ttl))))
 
-    def replace(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
+    def replace(self, key: bytes, value: bytes, ttl: base.TTL = None) -> bool:
         """Store only if present, in one ``SET XX [EX]``. Return whether it was stored."""
         return cast("bool", self._drive(self._core.one(base.Replace(key, value, ttl))))
 
@@ -1285,7 +1300,7 @@ class RedisBackend:
         """
         return self._drive(self._core.get_many_with_ttl(keys))
 
-    def set_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> None:
+    def set_many(self, mapping: Mapping[bytes, bytes], ttl: base.TTL = None) -> None:
         """Store every pair in one pipeline of ``SET [EX]`` per server.
 
         An oversized value is refused with ``ValueTooLarge`` before anything is
@@ -1293,7 +1308,7 @@ class RedisBackend:
         """
         self._drive(self._core.set_many(mapping, ttl))
 
-    def replace_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> list[bool]:
+    def replace_many(self, mapping: Mapping[bytes, bytes], ttl: base.TTL = None) -> list[bool]:
         """Replace each present key (``SET XX``, pipelined); return whether each was stored."""
         return self._drive(self._core.replace_many(mapping, ttl))
 
@@ -1303,32 +1318,36 @@ class RedisBackend:
 
     def incr(self, key: bytes, delta: int = 1) -> int:
         """``INCRBY``: a missing key counts as 0; the result may be negative."""
-        return cast("int", self._drive(self._core.one(base.Incr(key, check_delta(delta)))))
+        return cast("int", self._drive(self._core.one(base.Incr(key, base.check_delta(delta)))))
 
     def decr(self, key: bytes, delta: int = 1) -> int:
         """``DECRBY``: a missing key counts as 0; the result may be negative."""
-        plan = self._core.call(("DECRBY", key, check_delta(delta)), key, False)
+        plan = self._core.call(("DECRBY", key, base.check_delta(delta)), key, False)
         return cast("int", self._drive(plan))
 
-    def touch(self, key: bytes, ttl: TTL = None) -> bool:
+    def touch(self, key: bytes, ttl: base.TTL = None) -> bool:
         """Reset the TTL (``EXPIRE``, or ``PERSIST`` for 0). Return whether the key exists."""
         return self._drive(self._core.touch(key, ttl))
 
-    def gets(self, key: bytes) -> tuple[bytes, CasToken] | None:
+    def gets(self, key: bytes) -> tuple[bytes, base.CasToken] | None:
         """Return the value and a token (the value's SHA-1), or ``None`` when absent."""
         return self._drive(self._core.gets(key))
 
     def cas(
-        self, key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None = KEEP_TTL
+        self,
+        key: bytes,
+        value: bytes,
+        token: base.CasToken,
+        ttl: int | base.Keep | None = base.KEEP_TTL,
     ) -> bool:
         """Store ``value`` only if the key still holds the value ``gets`` read (one Lua call)."""
         return cast("bool", self._drive(self._core.one(base.Cas(key, value, token, ttl))))
 
-    def delete_if(self, key: bytes, token: CasToken) -> bool:
+    def delete_if(self, key: bytes, token: base.CasToken) -> bool:
         """Delete the key only if it still holds the value ``gets`` read (one Lua call)."""
         return cast("bool", self._drive(self._core.one(base.DeleteIf(key, token))))
 
-    def batch(self, commands: Sequence[Command]) -> list[object]:
+    def batch(self, commands: Sequence[base.Command]) -> list[object]:
         """Run the commands in one round trip per server; results (or errors) in order.
 
         A batch of reads only (``get``/``gets``) is one ``MGET`` (per slot on a

@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Final, assert_never
+from typing import Final, Protocol, assert_never
 
 from cacheorm.backends import base
 from cacheorm.backends.base import KEEP_TTL, TTL, Backend, CasToken, Command, Keep, resolve_ttl
@@ -43,15 +43,19 @@ Shorter when the far entry expires sooner.
 """
 
 
-def _near_candidates(commands: Sequence[Command]) -> list[int]:
-    """Indexes of the ``get`` commands ``near`` may answer: no earlier command writes their key."""
+def _near_candidates(commands: Sequence[Command]) -> tuple[list[int], list[int]]:
+    """Split a batch's command indexes: the ``get``s ``near`` may answer, and the rest.
+
+    ``near`` may answer a ``get`` when no earlier command of the batch writes its key.
+    """
     written: set[bytes] = set()
     candidates: list[int] = []
+    remote: list[int] = []
     for i, command in enumerate(commands):
         if type(command) is base.Get:  # the common case, at half the cost of the match
-            if command.key not in written:
-                candidates.append(i)
+            (remote if command.key in written else candidates).append(i)
             continue
+        remote.append(i)
         match command:
             case base.Get() | base.Gets() | base.Has():
                 pass
@@ -67,7 +71,40 @@ def _near_candidates(commands: Sequence[Command]) -> list[int]:
                 written.add(command.key)
             case _:
                 assert_never(command)
-    return candidates
+    return candidates, remote
+
+
+def _serve_near(
+    commands: Sequence[Command],
+    candidates: Sequence[int],
+    near_values: Sequence[bytes | None],
+    results: list[object],
+) -> dict[bytes, list[int]]:
+    """Put near's hits into ``results``; return the missed keys with their command indexes."""
+    missed: dict[bytes, list[int]] = {}
+    for i, value in zip(candidates, near_values, strict=True):
+        if value is None:
+            missed.setdefault(commands[i].key, []).append(i)
+        else:
+            results[i] = value
+    return missed
+
+
+def _spread(
+    missed: Mapping[bytes, list[int]],
+    fetched: Sequence[tuple[bytes, float] | None] | CacheORMError,
+    results: list[object],
+) -> None:
+    """Put far's answers for the near misses into ``results`` (an error in each slot)."""
+    for n, indexes in enumerate(missed.values()):
+        answer: object
+        if isinstance(fetched, CacheORMError):
+            answer = fetched  # in each slot, like a failed far command
+        else:
+            hit = fetched[n]
+            answer = None if hit is None else hit[0]
+        for i in indexes:
+            results[i] = answer
 
 
 def _shorter(a: int, b: int) -> int:
@@ -79,36 +116,33 @@ def _shorter(a: int, b: int) -> int:
     return min(a, b)
 
 
-class TieredBackend:
-    """Read through ``near`` to ``far``; write to both.
+class _HasDefaultTTL(Protocol):
+    """What the shared tier rules need of ``far``: sync or async, its default TTL."""
 
-    Args:
-        near: the fast, local cache (typically a ``MemoryBackend``).
-        far: the shared cache and source of truth.
-        near_ttl: the longest a value stays in ``near``, in seconds, bounding
-            how stale a copy can get when other processes write ``far``. A
-            copy never outlives the far entry, whatever this is. ``None``:
-            :data:`FILL_TTL`. ``0``: no bound at all (only safe when no one
-            else writes ``far``).
+    @property
+    def default_ttl(self) -> int: ...
 
-    Raises:
-        ValidationError: an illegal ``near_ttl``.
 
-    :meth:`close` closes both backends.
+class NearCopies:
+    """The tier rules both tiers share: what ``near`` copies, and for how long.
+
+    :class:`TieredBackend` and :class:`~cacheorm.AsyncTieredBackend` inherit
+    these decisions and make the (sync or async) calls themselves.
     """
 
-    def __init__(self, near: Backend, far: Backend, near_ttl: int | None = None) -> None:
-        self.near = near
-        self.far = far
+    near: object
+    far: _HasDefaultTTL
+    near_ttl: int | None
+    _fill_ttl: int
+
+    def _set_near_ttl(self, near_ttl: int | None) -> None:
         self.near_ttl = None if near_ttl is None else resolve_ttl(near_ttl, 0)
         self._fill_ttl = FILL_TTL if self.near_ttl is None else self.near_ttl
-        # Writes through the tier bump the epoch while holding the lock; a read
-        # copies far's answer into near only if no write happened since it asked.
-        self._lock = threading.Lock()
-        self._epoch = 0
 
     def __repr__(self) -> str:
-        return f"TieredBackend(near={self.near!r}, far={self.far!r}, near_ttl={self.near_ttl})"
+        return (
+            f"{type(self).__name__}(near={self.near!r}, far={self.far!r}, near_ttl={self.near_ttl})"
+        )
 
     @property
     def default_ttl(self) -> int:
@@ -139,6 +173,101 @@ class TieredBackend:
         seconds = math.floor(remaining)
         return None if seconds < 1 else _shorter(self._fill_ttl, seconds)
 
+    def _fills(
+        self, keys: Sequence[bytes], found: Sequence[tuple[bytes, float] | None]
+    ) -> dict[int, dict[bytes, bytes]]:
+        """What to copy into ``near`` from far's answer: one mapping per near TTL."""
+        by_ttl: dict[int, dict[bytes, bytes]] = {}
+        for key, hit in zip(keys, found, strict=True):
+            if hit is not None and (ttl := self._fill_ttl_for(hit[1])) is not None:
+                by_ttl.setdefault(ttl, {})[key] = hit[0]
+        return by_ttl
+
+    def _follows(
+        self, commands: Sequence[Command], answers: Sequence[object]
+    ) -> tuple[dict[int, dict[bytes, bytes]], list[bytes], list[bytes]]:
+        """How ``near`` follows far's batch results: copies per TTL, drops, all keys touched."""
+        final = self._latest(commands, answers)
+        copies: dict[int, dict[bytes, bytes]] = {}
+        drops: list[bytes] = []
+        for key, copy in final.items():
+            if copy is None:
+                drops.append(key)
+            else:
+                copies.setdefault(copy[1], {})[key] = copy[0]
+        return copies, drops, list(final)
+
+    def _latest(
+        self, commands: Sequence[Command], answers: Sequence[object]
+    ) -> dict[bytes, tuple[bytes, int] | None]:
+        """Each key's near copy (value, TTL) after far's batch results, or ``None`` to drop.
+
+        A stored value is copied (unless its TTL was kept: its lifetime is
+        unknown); anything else that touched a key (deletes, counters, ``gets``,
+        failures) drops the near copy. The last command on a key decides.
+        """
+        final: dict[bytes, tuple[bytes, int] | None] = {}
+        near_ttls: dict[int | None, int] = {}  # far TTL -> near TTL, computed once per batch
+        for command, answer in zip(commands, answers, strict=True):
+            match command:  # the common case first: each case tried costs about 0.05 µs
+                case base.Set() | base.Add() | base.Replace() | base.Cas() if (
+                    answer is True and not isinstance(command.ttl, Keep)
+                ):
+                    ttl = command.ttl
+                    near_ttl = near_ttls.get(ttl)
+                    if near_ttl is None:
+                        near_ttl = near_ttls[ttl] = self._near_ttl(ttl)
+                    final[command.key] = (command.value, near_ttl)
+                case base.Get() | base.Has():
+                    # Reads change nothing. (A get reaches far.batch only after a write
+                    # of its key, whose own follow-up already copies or drops it.)
+                    continue
+                case (
+                    base.Set()
+                    | base.Add()
+                    | base.Replace()
+                    | base.Cas()
+                    | base.Gets()
+                    | base.Delete()
+                    | base.DeleteIf()
+                    | base.Incr()
+                ):
+                    final[command.key] = None  # failed, kept its TTL, or not a value: drop
+                case _:
+                    assert_never(command)
+        return final
+
+
+class TieredBackend(NearCopies):
+    """Read through ``near`` to ``far``; write to both.
+
+    Args:
+        near: the fast, local cache (typically a ``MemoryBackend``).
+        far: the shared cache and source of truth.
+        near_ttl: the longest a value stays in ``near``, in seconds, bounding
+            how stale a copy can get when other processes write ``far``. A
+            copy never outlives the far entry, whatever this is. ``None``:
+            :data:`FILL_TTL`. ``0``: no bound at all (only safe when no one
+            else writes ``far``).
+
+    Raises:
+        ValidationError: an illegal ``near_ttl``.
+
+    :meth:`close` closes both backends.
+    """
+
+    near: Backend
+    far: Backend
+
+    def __init__(self, near: Backend, far: Backend, near_ttl: int | None = None) -> None:
+        self.near = near
+        self.far = far
+        self._set_near_ttl(near_ttl)
+        # Writes through the tier bump the epoch while holding the lock; a read
+        # copies far's answer into near only if no write happened since it asked.
+        self._lock = threading.Lock()
+        self._epoch = 0
+
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
         """Hold the tier lock around a write's near update and mark it in the epoch."""
@@ -155,10 +284,7 @@ class TieredBackend:
         tier changed ``near`` since, the answer may predate that write: copying
         it would bring back a deleted or older value, so nothing is copied.
         """
-        by_ttl: dict[int, dict[bytes, bytes]] = {}
-        for key, hit in zip(keys, found, strict=True):
-            if hit is not None and (ttl := self._fill_ttl_for(hit[1])) is not None:
-                by_ttl.setdefault(ttl, {})[key] = hit[0]
+        by_ttl = self._fills(keys, found)
         if not by_ttl:
             return
         with self._lock:
@@ -368,28 +494,16 @@ class TieredBackend:
         (deletes, counters, ``gets``, failures) dropped.
         """
         results: list[object] = [None] * len(commands)
-        candidates = _near_candidates(commands)
+        candidates, remote = _near_candidates(commands)
         near_values = (
             self.near.get_many(*[commands[i].key for i in candidates]) if candidates else []
         )
-        missed: dict[bytes, list[int]] = {}
-        for i, value in zip(candidates, near_values, strict=True):
-            if value is None:
-                missed.setdefault(commands[i].key, []).append(i)
-            else:
-                results[i] = value
-        served = set(candidates)
+        missed = _serve_near(commands, candidates, near_values, results)
         if missed:
             try:
-                fetched: list[object] = [
-                    None if hit is None else hit[0] for hit in self._fetch(list(missed))
-                ]
+                _spread(missed, self._fetch(list(missed)), results)
             except CacheORMError as err:
-                fetched = [err] * len(missed)  # in each slot, like a failed far command
-            for indexes, answer in zip(missed.values(), fetched, strict=True):
-                for i in indexes:
-                    results[i] = answer
-        remote = [i for i in range(len(commands)) if i not in served]
+                _spread(missed, err, results)
         if not remote:
             return results
         try:
@@ -403,50 +517,10 @@ class TieredBackend:
         return results
 
     def _follow(self, commands: Sequence[Command], answers: Sequence[object]) -> None:
-        """Bring ``near`` in line with far's results, in one ``set_many`` per TTL.
-
-        A stored value is copied (unless its TTL was kept: its lifetime is
-        unknown); anything else that touched a key (deletes, counters, ``gets``,
-        failures) drops the near copy. The last command on a key decides.
-        """
-        final: dict[bytes, tuple[bytes, int] | None] = {}
-        near_ttls: dict[int | None, int] = {}  # far TTL -> near TTL, computed once per batch
-        for command, answer in zip(commands, answers, strict=True):
-            match command:  # the common case first: each case tried costs about 0.05 µs
-                case base.Set() | base.Add() | base.Replace() | base.Cas() if (
-                    answer is True and not isinstance(command.ttl, Keep)
-                ):
-                    ttl = command.ttl
-                    near_ttl = near_ttls.get(ttl)
-                    if near_ttl is None:
-                        near_ttl = near_ttls[ttl] = self._near_ttl(ttl)
-                    final[command.key] = (command.value, near_ttl)
-                case base.Get() | base.Has():
-                    # Reads change nothing. (A get reaches far.batch only after a write
-                    # of its key, whose own follow-up already copies or drops it.)
-                    continue
-                case (
-                    base.Set()
-                    | base.Add()
-                    | base.Replace()
-                    | base.Cas()
-                    | base.Gets()
-                    | base.Delete()
-                    | base.DeleteIf()
-                    | base.Incr()
-                ):
-                    final[command.key] = None  # failed, kept its TTL, or not a value: drop
-                case _:
-                    assert_never(command)
-        if not final:
+        """Bring ``near`` in line with far's results (see :meth:`NearCopies._latest`)."""
+        copies, drops, keys = self._follows(commands, answers)
+        if not keys:
             return
-        copies: dict[int, dict[bytes, bytes]] = {}
-        drops: list[bytes] = []
-        for key, copy in final.items():
-            if copy is None:
-                drops.append(key)
-            else:
-                copies.setdefault(copy[1], {})[key] = copy[0]
         try:
             with self._changing():
                 for ttl, mapping in copies.items():
@@ -454,7 +528,7 @@ class TieredBackend:
                 if drops:
                     self.near.delete_many(*drops)
         except CacheORMError:
-            self._drop(*final)
+            self._drop(*keys)
 
     def close(self) -> None:
         """Close ``far``, then ``near`` (both, even if the first fails)."""
