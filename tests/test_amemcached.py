@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import random
-import select
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -22,6 +21,7 @@ import pytest
 import cacheorm as co
 from cacheorm.backends.base import Get, Incr, Set
 from tests.proxy import Proxy
+from tests.workers import Forked
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -389,24 +389,8 @@ def test_a_forked_child_opens_its_own_connections(server_factory: ServerFactory)
     server = server_factory.memcached()
     aio = co.AsyncMemcachedBackend([server.address], timeout=2)
     asyncio.run(aio.set(b"k", b"v"))  # a pooled connection exists before the fork
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe, never return into pytest
-        status = 1
-        try:
-            os.close(read_end)
-            os.write(write_end, repr(asyncio.run(aio.get(b"k"))).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 20)
-        assert ready
-        assert os.read(read_end, 100) == b"b'v'"
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
+    child = Forked(lambda: repr(asyncio.run(aio.get(b"k"))).encode())
+    assert child.report() == b"b'v'"
 
     async def parent() -> None:  # the parent's backend still works (in a new loop, too)
         assert await aio.get(b"k") == b"v"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import socket
 import threading
@@ -35,6 +34,7 @@ from cacheorm.backends.base import (
     Set,
 )
 from cacheorm.backends.memcached import MemcachedBackend, memcached_key
+from tests.workers import Forked
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -521,33 +521,18 @@ def test_a_backend_used_across_fork_works_in_both_processes(
 
     thread = threading.Thread(target=busy)
     thread.start()
-    read_end, write_end = os.pipe()
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe, never return into pytest
-        status = 1
-        try:
-            os.close(read_end)
-            os.write(write_end, _child_work(backend, shared).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
+    child = Forked(lambda: _child_work(backend, shared).encode())
     try:
         for i in range(200):
             key = b"parent-%d" % i
             backend.set(key, b"p%d" % i)
             assert backend.get(key) == b"p%d" % i
-        ready, _, _ = select.select([read_end], [], [], 20)
-        assert ready, "the child did not finish (stalled on a shared socket or lock?)"
-        report = os.read(read_end, 4096).decode()
+        report = child.report().decode()
     finally:
         stop.set()
         thread.join(10)
-        os.close(read_end)
-        if os.waitpid(pid, os.WNOHANG) == (0, 0):
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        child.reap()
     assert report == "ok"
     assert not thread_errors
     assert time.monotonic() - started < 20
@@ -566,24 +551,8 @@ def test_the_child_never_touches_the_parents_sockets(server_factory: ServerFacto
 
     before = connections()
     assert isinstance(before, int)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            os.close(read_end)
-            os.write(write_end, repr(backend.get(b"k")).encode())
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    try:
-        ready, _, _ = select.select([read_end], [], [], 20)
-        assert ready
-        assert os.read(read_end, 100) == b"b'v'"
-    finally:
-        os.close(read_end)
-        os.waitpid(pid, 0)
+    child = Forked(lambda: repr(backend.get(b"k")).encode())
+    assert child.report() == b"b'v'"
     # The child opened a connection of its own; the parent's still works.
     assert connections() == before + 1
     assert backend.get(b"k") == b"v"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import cacheorm as co
@@ -52,3 +56,45 @@ def load_once(spec: tuple[str, str], log: str, start_at: float) -> None:
         assert co.get_or_load(people, "Sam", loader) == Person("Sam", 1.0)
     finally:
         backend.close()
+
+
+class Forked:
+    """A child made by ``os.fork()`` that runs ``work`` once and reports its bytes.
+
+    The child never returns into pytest: it writes ``work()`` to a pipe and
+    exits. The parent may do its own work meanwhile, then reads the report.
+    """
+
+    def __init__(self, work: Callable[[], bytes]) -> None:
+        read_end, write_end = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            status = 1
+            try:
+                os.close(read_end)
+                os.write(write_end, work())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self._read_end: int | None = read_end
+
+    def report(self, timeout: float = 20) -> bytes:
+        """The child's bytes, waited for at most ``timeout`` seconds; then :meth:`reap`."""
+        assert self._read_end is not None, "report() once"
+        try:
+            ready, _, _ = select.select([self._read_end], [], [], timeout)
+            assert ready, "the child did not report (stalled on a shared socket or lock?)"
+            return os.read(self._read_end, 4096)
+        finally:
+            self.reap()
+
+    def reap(self) -> None:
+        """Close the pipe and wait for the child, killing it if it is still running."""
+        if self._read_end is None:
+            return
+        os.close(self._read_end)
+        self._read_end = None
+        if os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
