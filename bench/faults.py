@@ -829,6 +829,20 @@ def scenario_root(root: Path, name: str) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def one_server_fault(
+    server: RedisServer | MemcachedServer,
+    fault: str,
+    restart: Callable[[], None],
+    restart_keeps_data: bool,
+) -> Timeline:
+    """The timeline of ``fault`` ("hung", "hung (miss mode)", "killed", "restarted")."""
+    if fault.startswith("hung"):
+        return hung(server.pid, probe="miss" in fault)
+    if fault == "killed":
+        return killed(server, restart)
+    return killed(server, restart, sig=signal.SIGTERM, destroys=not restart_keeps_data, down=0.0)
+
+
 def redis_fault(root: Path, fault: str) -> Row:
     row = Row(fault, "redis")
     with scenario_root(root, f"redis-{fault}") as directory:
@@ -837,19 +851,10 @@ def redis_fault(root: Path, fault: str) -> Row:
         extra = ["--appendonly", "yes", "--appendfsync", "everysec"] if fault == "restarted" else []
         server = start_redis(directory / "redis", extra)
         try:
-            timeline: Timeline
-            if fault.startswith("hung"):
-                timeline = hung(server.pid, probe="miss" in fault)
-            elif fault == "killed":
-                timeline = killed(server, lambda: _restart_redis(server))
-            else:
-                timeline = killed(
-                    server,
-                    lambda: _restart_redis(server, extra),
-                    sig=signal.SIGTERM,
-                    destroys=False,
-                    down=0.0,
-                )
+            timeline = one_server_fault(
+                server, fault, lambda: _restart_redis(server, extra), restart_keeps_data=True
+            )
+            if fault == "restarted":
                 row.note("restart: AOF on (appendfsync everysec), so nothing may be lost")
             run_workload(
                 row,
@@ -868,18 +873,9 @@ def memcached_fault(root: Path, fault: str) -> Row:
     with scenario_root(root, f"memcached-{fault}") as directory:
         (server,) = start_memcached_many([directory / "mc"])
         try:
-            timeline: Timeline
-            if fault.startswith("hung"):
-                timeline = hung(server.pid, probe="miss" in fault)
-            elif fault == "killed":
-                timeline = killed(server, lambda: _restart_memcached(server))
-            else:
-                timeline = killed(
-                    server,
-                    lambda: _restart_memcached(server),
-                    sig=signal.SIGTERM,
-                    down=0.0,
-                )
+            timeline = one_server_fault(
+                server, fault, lambda: _restart_memcached(server), restart_keeps_data=False
+            )
             run_workload(
                 row,
                 lambda t: _memcached_backend([server], t),
