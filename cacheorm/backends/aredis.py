@@ -54,6 +54,7 @@ from cacheorm.backends.redis import (
     Reply,
     Step,
     Wire,
+    as_redis_error,
     bad_url,
     decoding_refused,
     describe,
@@ -61,6 +62,7 @@ from cacheorm.backends.redis import (
     is_cluster_url,
     lost_replies,
     no_slot_map,
+    pair_replies,
     parse_cluster_url,
     route,
     standalone_server,
@@ -84,15 +86,10 @@ class _Connection(Protocol):
 
     _writer: asyncio.StreamWriter | None
     _reader: asyncio.StreamReader | None
-    _parser: _Parser
     socket_timeout: float | None
 
     async def connect(self) -> None: ...
     async def disconnect(self, nowait: bool = False) -> None: ...
-
-
-class _Parser(Protocol):
-    def parse_error(self, response: str) -> Exception: ...
 
 
 class _Pool(Protocol):
@@ -118,11 +115,8 @@ class _Link(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_buffer",
-        "_need",
         "_replies",
         "_waiter",
-        "_want",
         "broken",
         "parse_error",
         "server",
@@ -139,10 +133,7 @@ class _Link(asyncio.Protocol):
         # The stream writer redis-py connected with: kept, as collecting it closes the transport.
         self.writer: asyncio.StreamWriter | None = None
         self.broken: Exception | None = None
-        self._buffer = bytearray()
-        self._need = 0
-        self._replies: list[object] = []
-        self._want = 0
+        self._replies = resp.Replies(0, parse_error)
         self._waiter: asyncio.Future[list[object]] | None = None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -156,43 +147,15 @@ class _Link(asyncio.Protocol):
             waiter.set_exception(error)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            if len(buffer) < self._need:
-                return
-            data = bytes(buffer)
-            buffer.clear()
-        elif len(data) < self._need:
-            buffer += data
-            return
-        if self._waiter is None:  # nothing was asked: out of step
-            self._fail(resp.ProtocolError(f"unexpected bytes from {self.server}"))
-            self.close()
-            return
-        replies, pos, size = self._replies, 0, len(data)
+        waiter = self._waiter
         try:
-            while pos < size:
-                if data[pos] == 62:  # a RESP3 push (maintenance notice): not a reply
-                    _, pos = resp.parse(data, pos, self.parse_error)
-                    continue
-                reply, pos = resp.parse(data, pos, self.parse_error)
-                replies.append(reply)
-        except resp.Incomplete as more:
-            self._need = more.need - pos
-            buffer += data[pos:]
-        except (resp.ProtocolError, ValueError) as err:
+            if waiter is None:  # nothing was asked: out of step
+                raise resp.ProtocolError("bytes nobody asked for")
+            if self._replies.feed(data) and not waiter.done():
+                waiter.set_result(self._replies.got)
+        except resp.ProtocolError as err:
             self._fail(resp.ProtocolError(f"{self.server}: {err}"))
             self.close()
-            return
-        else:
-            self._need = 0
-        if len(replies) >= self._want:
-            waiter = self._waiter
-            if len(replies) > self._want or pos < size:
-                self._fail(resp.ProtocolError(f"more replies than requests from {self.server}"))
-            elif not waiter.done():
-                waiter.set_result(replies)
 
     async def exchange(
         self, loop: asyncio.AbstractEventLoop, request: bytes, count: int, timeout: float | None
@@ -207,7 +170,7 @@ class _Link(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         waiter: asyncio.Future[list[object]] = loop.create_future()
-        self._waiter, self._want, self._replies = waiter, count, []
+        self._waiter, self._replies = waiter, resp.Replies(count, self.parse_error)
         transport.write(request)
         timer = None if timeout is None else loop.call_later(timeout, _expire, waiter, self.server)
         try:
@@ -220,13 +183,12 @@ class _Link(asyncio.Protocol):
     @property
     def partial(self) -> list[object]:
         """The replies that came before an exchange failed."""
-        return self._replies
+        return self._replies.got
 
     @property
     def usable(self) -> bool:
-        return (
-            self.broken is None and self.transport is not None and not self.transport.is_closing()
-        )
+        transport = self.transport
+        return self.broken is None and transport is not None and not transport.is_closing()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -495,7 +457,7 @@ class AsyncRedisBackend(RedisSetup):
                 got = await link.exchange(self._loop_now(), request, asked, link.timeout)
                 complete = True
             except (OSError, resp.ProtocolError) as err:
-                return self._replies(server, wires, link.partial, self._lost(server, err))
+                return self._replies(server, wires, link.partial, as_redis_error(server, err))
             finally:
                 if complete:
                     self._idle.setdefault(server, []).append(link)
@@ -507,39 +469,12 @@ class AsyncRedisBackend(RedisSetup):
         assert self._loop is not None
         return self._loop
 
-    def _lost(self, server: str, err: Exception) -> Exception:
-        """A link's failure as the redis-py error the plans' resend rules expect."""
-        from redis import exceptions
-
-        if isinstance(err, TimeoutError):
-            return exceptions.TimeoutError(f"Timeout reading from {server}")
-        return exceptions.ConnectionError(f"Error talking to {server}: {describe(err)}")
-
     def _replies(
         self, server: str, wires: list[Wire], got: list[object], failed: Exception | None
     ) -> list[Reply]:
-        """Pair the replies that came with their wires (an ``ASKING`` reply dropped).
-
-        A reply that is a connection error (``LOADING``, ...) ends the exchange
-        there, as redis-py raises it; wires without a reply are :class:`Lost`.
-        """
-        connection_error = self._core.d.ConnectionError
-        replies: list[Reply] = []
-        index = 0
-        for position, wire in enumerate(wires):
-            if wire.asking:
-                index += 1  # ASKING's own reply: the command's tells
-            if index >= len(got):
-                lost = failed or connection_error(f"no reply from {server}")
-                replies.extend(lost_replies(server, wires[position:], lost, sent=True))
-                break
-            reply = got[index]
-            index += 1
-            if isinstance(reply, connection_error):
-                replies.extend(lost_replies(server, wires[position:], reply, sent=True))
-                self._drop(server)
-                break
-            replies.append((server, wire, reply))
+        replies, in_step = pair_replies(server, wires, got, failed)
+        if not in_step and failed is None:  # a connection error as a reply: the server's state
+            self._drop(server)
         return replies
 
     async def _link(self, server: str, node: ClusterNode | None) -> _Link:
@@ -559,7 +494,7 @@ class AsyncRedisBackend(RedisSetup):
             await connection.connect()
             writer = connection._writer
             assert writer is not None
-            link = _Link(server, connection._parser.parse_error)
+            link = _Link(server, self._core.d.parse_error)
             link.timeout = connection.socket_timeout
             transport = cast("asyncio.Transport", writer.transport)
             link.transport, link.writer = transport, writer

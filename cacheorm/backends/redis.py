@@ -34,11 +34,11 @@ so both put the same bytes on the wire and follow the same resend rules.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Generator
@@ -54,7 +54,7 @@ from typing import (
 )
 from urllib.parse import urlsplit
 
-from cacheorm.backends import base
+from cacheorm.backends import base, resp
 from cacheorm.errors import (
     BackendError,
     CacheORMError,
@@ -187,11 +187,14 @@ def _pause(attempt: int) -> float:
 
 
 class _Connection(Protocol):
-    """The part of ``redis.connection.Connection`` used here."""
+    """The part of ``redis.connection.Connection`` used here: its handshake and socket.
 
-    def pack_commands(self, commands: list[tuple[object, ...]]) -> list[bytes]: ...
-    def send_packed_command(self, command: list[bytes], check_health: bool = True) -> None: ...
-    def read_response(self) -> object: ...
+    redis-py connects and greets (TLS, ``AUTH``, ``HELLO``, ``SELECT``); the
+    commands and replies go over its socket in RESP spoken here (:mod:`.resp`).
+    """
+
+    _sock: socket.socket | None
+
     def disconnect(self) -> None: ...
 
 
@@ -227,6 +230,8 @@ class Driver(NamedTuple):
     TryAgainError: type[TryAgainError]
     NoScriptError: type[NoScriptError]
     key_slot: Callable[[bytes], int]
+    parse_error: resp.ParseError
+    """redis-py's error-reply parser: the exception instance its clients would raise."""
     errors: tuple[type[Exception], ...]
     """What a failed call to redis-py may raise (``OSError`` included)."""
 
@@ -235,6 +240,7 @@ class Driver(NamedTuple):
 def driver() -> Driver:
     """redis-py's exceptions and slot hash (redis-py is imported on first use only)."""
     from redis import exceptions as e
+    from redis._parsers.base import BaseParser
     from redis.crc import key_slot
 
     return Driver(
@@ -248,6 +254,7 @@ def driver() -> Driver:
         e.TryAgainError,
         e.NoScriptError,
         key_slot,
+        BaseParser.parse_error,
         (e.RedisError, e.RedisClusterException, OSError),
     )
 
@@ -316,6 +323,50 @@ def lost_replies(server: str, wires: Sequence[Wire], err: Exception, *, sent: bo
     """The replies of commands whose connection failed before their answers: a Lost each."""
     lost = Lost(err, sent=sent)
     return [(server, wire, lost) for wire in wires]
+
+
+def pair_replies(
+    server: str, wires: Sequence[Wire], got: list[object], failed: Exception | None
+) -> tuple[list[Reply], bool]:
+    """Pair the replies read from one connection with their wires.
+
+    ``got`` holds the replies in order (an ``ASKING``'s own included, and
+    dropped here: the command's reply tells); ``failed`` is what ended the
+    exchange early, if anything. A reply that is a connection error
+    (``LOADING`` ...) ends it there, as redis-py raises it; wires without a
+    reply are :class:`Lost`. Returns the replies and whether the connection
+    is still in step with its requests (reusable).
+    """
+    connection_error = driver().ConnectionError
+    replies: list[Reply] = []
+    index = 0
+    for position, wire in enumerate(wires):
+        if wire.asking:
+            index += 1
+        if index >= len(got):
+            lost = failed or connection_error(f"no reply from {server}")
+            replies.extend(lost_replies(server, wires[position:], lost, sent=True))
+            return replies, False
+        reply = got[index]
+        index += 1
+        if isinstance(reply, connection_error):
+            replies.extend(lost_replies(server, wires[position:], reply, sent=True))
+            return replies, False
+        replies.append((server, wire, reply))
+    return replies, failed is None
+
+
+def _closed(server: str) -> bytes:
+    raise ConnectionResetError(f"connection closed by server {server}")
+
+
+def as_redis_error(server: str, err: Exception) -> Exception:
+    """A socket failure as the redis-py error the resend rules expect (a timeout is final)."""
+    from redis import exceptions
+
+    if isinstance(err, TimeoutError):
+        return exceptions.TimeoutError(f"Timeout reading from {server}")
+    return exceptions.ConnectionError(f"Error talking to {server}: {describe(err)}")
 
 
 # -- URLs and clients ---------------------------------------------------------------
@@ -1173,8 +1224,8 @@ class RedisBackend(RedisSetup):
                     opened.append(sent)
                     unread.add(id(sent[2]))
             for server, _, connection, wires in opened:
-                self._read(server, connection, wires, replies)
-                unread.discard(id(connection))
+                if self._read(server, connection, wires, replies):
+                    unread.discard(id(connection))
         finally:
             for _, pool, connection, _ in opened:
                 if id(connection) in unread:  # interrupted: its stream is out of step
@@ -1191,32 +1242,39 @@ class RedisBackend(RedisSetup):
         except self._errors as err:
             replies.extend(lost_replies(server, wires, err, sent=False))
             return None
-        packed = [args for wire in wires for args in wire.packed()]
+        if len(wires) == 1 and not wires[0].asking:
+            request = resp.pack((wires[0].args,))
+        else:
+            request = resp.pack([args for wire in wires for args in wire.packed()])
         try:
-            connection.send_packed_command(connection.pack_commands(packed))
-        except self._errors as err:  # part of it may have arrived: unknown
+            sock = connection._sock
+            if sock is None:
+                raise ConnectionResetError("not connected")
+            sock.sendall(request)
+        except OSError as err:  # part of it may have arrived: unknown
             connection.disconnect()
             pool.release(connection)
-            replies.extend(lost_replies(server, wires, err, sent=True))
+            replies.extend(lost_replies(server, wires, as_redis_error(server, err), sent=True))
             return None
         return server, pool, connection, wires
 
     def _read(
         self, server: str, connection: _Connection, wires: list[Wire], replies: list[Reply]
-    ) -> None:
-        response_error = self._core.d.ResponseError
-        for index, wire in enumerate(wires):
-            try:
-                if wire.asking:
-                    with contextlib.suppress(response_error):  # the command's reply tells
-                        connection.read_response()
-                reply = connection.read_response()
-            except response_error as err:
-                reply = err
-            except self._errors as err:  # redis-py has closed the connection
-                replies.extend(lost_replies(server, wires[index:], err, sent=True))
-                return
-            replies.append((server, wire, reply))
+    ) -> bool:
+        """Read the replies to ``wires``; return whether the connection is still in step."""
+        expected = resp.Replies(sum(2 if w.asking else 1 for w in wires), self._core.d.parse_error)
+        failed: Exception | None = None
+        try:
+            sock = connection._sock
+            if sock is None:
+                raise ConnectionResetError("not connected")
+            while not expected.feed(sock.recv(65536) or _closed(server)):
+                pass
+        except (OSError, resp.ProtocolError) as err:
+            failed = as_redis_error(server, err)
+        got, in_step = pair_replies(server, wires, expected.got, failed)
+        replies.extend(got)
+        return in_step
 
     def _ask_target(self, host: str, port: int) -> ClusterNode:
         """The node an ``ASK`` names (a node the slot map does not know yet included)."""

@@ -123,3 +123,52 @@ def parse(buffer: bytes, pos: int, parse_error: ParseError) -> tuple[object, int
             return blob[4:], end + 2  # after its "txt:" format
         return parse_error(blob.decode("utf-8", errors="replace")), end + 2
     raise ProtocolError(f"not a Redis reply: {bytes(buffer[pos : pos + 32])!r}")
+
+
+class Replies:
+    """The replies to one request, parsed as their bytes arrive.
+
+    :meth:`feed` each read from the connection; it says when the last reply is
+    in. RESP3 pushes (server notices) are skipped: they answer no request.
+    """
+
+    __slots__ = ("_buffer", "_need", "got", "parse_error", "want")
+
+    def __init__(self, want: int, parse_error: ParseError) -> None:
+        self.want = want
+        self.parse_error = parse_error
+        self.got: list[object] = []
+        """The replies parsed so far, in order."""
+        self._buffer = bytearray()  # the start of a reply not all read yet
+        self._need = 0  # the buffer length before that reply can end
+
+    def feed(self, data: bytes) -> bool:
+        """Parse what ``data`` completes; return whether every reply is in.
+
+        Raises:
+            ProtocolError: not RESP, or bytes beyond the last reply (the
+                connection is out of step with its requests).
+        """
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            if len(buffer) < self._need:
+                return False
+            data = bytes(buffer)
+            buffer.clear()
+        got, pos, size = self.got, 0, len(data)
+        try:
+            while pos < size:
+                if data[pos] == 62:  # > a push
+                    _, pos = parse(data, pos, self.parse_error)
+                    continue
+                reply, pos = parse(data, pos, self.parse_error)
+                got.append(reply)
+        except Incomplete as more:
+            self._need = more.need - pos
+            buffer += data[pos:]
+        except ValueError as err:  # int() or float() of a malformed header
+            raise ProtocolError(f"not a Redis reply: {err}") from err
+        if len(got) > self.want or (len(got) == self.want and buffer):
+            raise ProtocolError("more replies than requests")
+        return len(got) == self.want
