@@ -63,6 +63,7 @@ from cacheorm.fields import TimeField as TimeField
 from cacheorm.fields import TimestampField as TimestampField
 from cacheorm.fields import UUIDField as UUIDField
 from cacheorm.ops import execute as execute
+from cacheorm.readthrough import cached as cached
 from cacheorm.repo import Repo as Repo
 from cacheorm.repo import on as on
 from cacheorm.schema import Schema as Schema
@@ -75,6 +76,10 @@ from cacheorm.serializers.presets import PickleSerializer as PickleSerializer
 from cacheorm.serializers.protobuf import ProtobufSerializer as ProtobufSerializer
 from cacheorm.serializers.wrappers import compressed as compressed
 from cacheorm.serializers.wrappers import signed as signed
+from cacheorm.stats import Stats as Stats
+from cacheorm.stats import instrument as instrument
+from cacheorm.urls import async_backend_from_url as async_backend_from_url
+from cacheorm.urls import backend_from_url as backend_from_url
 
 __version__ = "0.1.0"
 
@@ -120,6 +125,7 @@ __all__ = [
     "SchemaError",
     "Serializer",
     "SimpleBackend",
+    "Stats",
     "StringField",
     "StructField",
     "TieredBackend",
@@ -128,10 +134,14 @@ __all__ = [
     "UUIDField",
     "ValidationError",
     "ValueTooLarge",
+    "cached",
     "compressed",
     "execute",
+    "instrument",
     "on",
     "aio",
+    "async_backend_from_url",
+    "backend_from_url",
     "ops",
     "registry",
     "signed",

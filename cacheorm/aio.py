@@ -22,8 +22,9 @@ Backends: an :class:`~cacheorm.AsyncBackend` (``co.AsyncRedisBackend``,
 ``co.AsyncTieredBackend``) is awaited; ``co.MemoryBackend`` serves ``aio`` and
 ``co`` alike (it does no I/O, so it is called directly). A repo whose backend
 blocks on I/O (``co.RedisBackend``...) given to a twin raises ``TypeError``;
-decided once per repo. The callables of :func:`modify` and :func:`get_or_load`
-may be plain functions or coroutine functions.
+decided once per repo. The callables of :func:`modify`, :func:`get_or_load` and
+:func:`get_many_or_load` may be plain functions or coroutine functions;
+:func:`cached` is ``co.cached`` for coroutine loaders.
 
 A call cancelled at any await (``task.cancel()``, ``asyncio.timeout``) lets
 its plan clean up first (``get_or_load`` releases its lock) and then raises
@@ -34,17 +35,20 @@ written whole or not at all.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from typing import Any, Concatenate, Protocol, cast, overload
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping
+from typing import Any, Concatenate, Generic, Protocol, cast, overload
 
 from cacheorm import crud
 from cacheorm.crud import KL
 from cacheorm.engine import DECLARED, P, Plan, T, dressed, run_many_async, run_one_async
 from cacheorm.ops import Op, jobs_of, settle
 from cacheorm.ops import execute as _execute_sync
+from cacheorm.readthrough import ReadThrough, key_and_loader
 from cacheorm.repo import K, R, Repo
+from cacheorm.stats import observed
 
-__all__ = ["execute", "twin"]
+__all__ = ["cached", "execute", "twin"]
 __all__ += crud.__all__  # one coroutine twin per public function
 
 
@@ -52,6 +56,8 @@ async def _drive(name: str, repo: Repo[R, K], /, *args: object, **kwargs: object
     """Run the declared plan ``name`` with these arguments on the repo's backend."""
     direct = repo.aio_direct  # TypeError for a backend that blocks on I/O; cached per repo
     plan = DECLARED[name].plan(repo, *args, **kwargs)
+    if repo.stats is not None:  # instrumented: counted (cacheorm.stats)
+        plan = observed(name, repo, plan, args[0] if args else None)
     return await run_one_async(repo.backend, plan, repo.on_backend_error == "miss", direct)
 
 
@@ -69,17 +75,22 @@ def twin(
     """
     declared = DECLARED[function.__name__]
     plan = cast("Callable[Concatenate[Repo[R, K], P], Plan[T]]", declared.plan)  # its own T
+    name = declared.name
 
     # _drive inlined: one coroutine frame less on every call.
     async def run(repo: Repo[R, K], /, *args: P.args, **kwargs: P.kwargs) -> T:
         direct = repo.aio_direct  # TypeError for a backend that blocks on I/O; cached per repo
         miss = repo.on_backend_error == "miss"
+        if repo.stats is not None:  # instrumented: counted (cacheorm.stats)
+            counted = observed(name, repo, plan(repo, *args, **kwargs), args[0] if args else None)
+            return await run_one_async(repo.backend, counted, miss, direct)
         return await run_one_async(repo.backend, plan(repo, *args, **kwargs), miss, direct)
 
     return dressed(run, function, __name__, lambda result: result)
 
 
 add = twin(crud.add)
+clear = twin(crud.clear)
 delete = twin(crud.delete)
 delete_many = twin(crud.delete_many)
 exists = twin(crud.exists)
@@ -106,40 +117,143 @@ async def modify(repo: Repo[R, K], key: K, fn: Callable[[R], R | Awaitable[R]], 
 async def get_or_load(
     repo: Repo[R, K],
     key: K,
-    loader: Callable[[K], R | Awaitable[R]],
+    loader: Callable[[K], R | Awaitable[R | None] | None],
     /,
     *,
     lock_ttl: int = 10,
     wait: float = 10.0,
+    negative_ttl: int | None = None,
 ) -> R: ...
 @overload
 async def get_or_load(
     repo: Repo[R, Hashable],
     key: KL,
-    loader: Callable[[KL], R | Awaitable[R]],
+    loader: Callable[[KL], R | Awaitable[R | None] | None],
     /,
     *,
     lock_ttl: int = 10,
     wait: float = 10.0,
+    negative_ttl: int | None = None,
 ) -> R: ...
 async def get_or_load(
     repo: Repo[R, K],
     key: K,
-    loader: Callable[[KL], R | Awaitable[R]],
+    loader: Callable[[KL], R | Awaitable[R | None] | None],
     /,
     *,
     lock_ttl: int = 10,
     wait: float = 10.0,
+    negative_ttl: int | None = None,
 ) -> R:
     """Return the stored record, or load, store and return it on a miss.
 
     ``loader`` is a plain or a coroutine function, called once across tasks,
     threads and processes sharing the backend (the others poll for its
     result). A cancelled call releases the lock it holds. As
-    :func:`cacheorm.get_or_load` otherwise.
+    :func:`cacheorm.get_or_load` otherwise (``None`` from the loader raises
+    ``NotFound``, remembered for ``negative_ttl`` seconds if set).
     """
-    found = await _drive("get_or_load", repo, key, loader, lock_ttl=lock_ttl, wait=wait)
-    return cast("R", found)
+    options = {"lock_ttl": lock_ttl, "wait": wait, "negative_ttl": negative_ttl}
+    return cast("R", await _drive("get_or_load", repo, key, loader, **options))
+
+
+@overload
+async def get_many_or_load(
+    repo: Repo[R, K],
+    keys: Iterable[K],
+    loader: Callable[[list[K]], Mapping[K, R | None] | Awaitable[Mapping[K, R | None]]],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+    negative_ttl: int | None = None,
+) -> list[R | None]: ...
+@overload
+async def get_many_or_load(
+    repo: Repo[R, Hashable],
+    keys: Iterable[KL],
+    loader: Callable[[list[KL]], Mapping[KL, R | None] | Awaitable[Mapping[KL, R | None]]],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+    negative_ttl: int | None = None,
+) -> list[R | None]: ...
+async def get_many_or_load(
+    repo: Repo[R, K],
+    keys: Iterable[K],
+    loader: Callable[[list[KL]], Mapping[KL, R | None] | Awaitable[Mapping[KL, R | None]]],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+    negative_ttl: int | None = None,
+) -> list[R | None]:
+    """Return the records in key order, loading the missing ones with one loader call.
+
+    ``loader`` is a plain or a coroutine function. A cancelled call releases
+    every lock it holds. As :func:`cacheorm.get_many_or_load` otherwise.
+    """
+    options = {"lock_ttl": lock_ttl, "wait": wait, "negative_ttl": negative_ttl}
+    found = await _drive("get_many_or_load", repo, keys, loader, **options)
+    return cast("list[R | None]", found)
+
+
+class AsyncCached(Generic[P, R, K]):
+    """A coroutine loader made a read-through by :func:`cached`; await it as the loader.
+
+    As :class:`cacheorm.readthrough.Cached`, through :func:`get_or_load`.
+    """
+
+    __name__: str  # the loader's, as functools.update_wrapper copies them
+    __wrapped__: Callable[P, Awaitable[R | None]]
+
+    def __init__(
+        self, through: ReadThrough[R, K], loader: Callable[P, Awaitable[R | None]]
+    ) -> None:
+        functools.update_wrapper(self, loader)
+        self.through = through
+        self.loader = loader
+
+    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        key, load = key_and_loader(self.loader, args, kwargs)
+        options = self.through.options
+        return cast("R", await _drive("get_or_load", self.through.repo, key, load, **options))
+
+    async def invalidate(self, key: K) -> bool:
+        """Delete the record of ``key``, or its remembered absence; return whether one was there."""
+        return await delete(self.through.repo, key)
+
+
+class AsyncCachedDecorator(Generic[R, K]):
+    """What :func:`cached` returns: apply it to a coroutine loader."""
+
+    def __init__(self, through: ReadThrough[R, K]) -> None:
+        self.through = through
+
+    def __call__(self, loader: Callable[P, Awaitable[R | None]], /) -> AsyncCached[P, R, K]:
+        return AsyncCached(self.through, loader)
+
+
+def cached(
+    repo: Repo[R, K],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+    negative_ttl: int | None = None,
+) -> AsyncCachedDecorator[R, K]:
+    """:func:`cacheorm.cached` for a coroutine loader ``async (key) -> R | None``.
+
+    The decorated coroutine function takes the loader's parameters and returns
+    the repo's record through :func:`get_or_load` (a cancelled call releases
+    its lock); ``await f.invalidate(key)`` deletes the record or remembered
+    absence.
+
+    Raises:
+        ValidationError: an illegal ``lock_ttl``, ``wait`` or ``negative_ttl``.
+    """
+    return AsyncCachedDecorator(ReadThrough(repo, lock_ttl, wait, negative_ttl))
 
 
 # Twins of functions declared after this module was written: runtime only (the

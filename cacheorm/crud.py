@@ -25,18 +25,19 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import TypeVar, cast, overload
+from typing import Generic, NamedTuple, TypeVar, cast, overload
 
+from cacheorm import stats
 from cacheorm.backends.base import (
     KEEP_TTL,
     Add,
     Cas,
+    Clear,
     Command,
     Delete,
     DeleteIf,
     Get,
     Gets,
-    Has,
     Incr,
     Replace,
     Set,
@@ -57,11 +58,13 @@ from cacheorm.repo import NAMESPACE_FIELD, AfterWrite, BeforeWrite, DeleteEvent,
 # The public functions: every name here is declared below with @declare, once.
 __all__ = [
     "add",
+    "clear",
     "delete",
     "delete_many",
     "exists",
     "get",
     "get_many",
+    "get_many_or_load",
     "get_or_load",
     "get_or_none",
     "insert",
@@ -79,6 +82,15 @@ KL = TypeVar("KL", bound=Hashable)  # a loader's own key type, where the repo's 
 LOCK_PREFIX = b"\x00lock\x00"
 """Prefix of ``get_or_load``'s stampede lock keys: keys cacheorm builds never start with
 NUL (only a custom ``key_format`` producing one could meet a lock key)."""
+
+ABSENT_PREFIX = b"\x00absent\x00"
+"""Prefix of the payload that remembers a key's absence (``get_or_load(...,
+negative_ttl=N)``): ``ABSENT_PREFIX + storage key``, stored under the key itself with
+a TTL of ``N``, so any write of the key replaces it and a write path pays nothing for
+it. It is never decoded: a read whose payload does not decode compares it with the
+marker of the key asked for (no serializer writes a record that starts with NUL or
+equals it), and a match reads as no record (``get``, ``get_many``, ``exists``,
+``update``), or as ``NotFound`` without loading (``get_or_load``)."""
 
 MAX_AUTO_KEY_ATTEMPTS = 100
 """Ids an ``AutoField`` insert draws before :class:`ConflictError` (each one was taken)."""
@@ -99,6 +111,10 @@ def _check(result: object) -> object:
 
 def _encode(repo: Repo[R, K], record: R, bkey: bytes) -> bytes:
     """A prepared record as the bytes stored under ``bkey``."""
+    codec = repo.codec  # the compiled msgpack path (cacheorm.codec): same bytes, or None
+    data = None if codec is None else codec.encode(record, bkey)
+    if data is not None:
+        return data
     payload = repo.schema.dump(record)  # a fresh dict: marking it needs no copy
     if repo.namespace and repo.marks_namespace:
         payload[NAMESPACE_FIELD] = repo.namespace
@@ -126,6 +142,23 @@ def _decode(repo: Repo[R, K], raw: bytes, key: object, bkey: bytes) -> R:
             decode to the record of another key or namespace (a copied payload).
     """
     schema = repo.schema
+    # The compiled msgpack path (cacheorm.codec) returns the record with its
+    # namespace mark checked, or None wherever the generic path must decide.
+    codec = repo.codec
+    record = None if codec is None else codec.decode(raw, bkey)
+    if record is None:
+        record = _load(repo, raw, key, bkey)
+    found = schema.key_of(record)
+    if found != key and not _same_key(repo, found, bkey):
+        raise DecodeError(
+            f"{schema.name} key {key!r}: the payload holds the record of key {found!r}: {_PLANTED}"
+        )
+    return record
+
+
+def _load(repo: Repo[R, K], raw: bytes, key: object, bkey: bytes) -> R:
+    """The generic path of :func:`_decode`: serializer, namespace mark, then schema."""
+    schema = repo.schema
     keyed = repo.keyed_serializer
     try:
         payload = repo.serializer.loads(raw) if keyed is None else keyed.loads_keyed(raw, bkey)
@@ -141,13 +174,7 @@ def _decode(repo: Repo[R, K], raw: bytes, key: object, bkey: bytes) -> R:
             f"{schema.name} key {key!r}: the payload was written under namespace "
             f"{mark or ''!r}, not {repo.namespace!r}: {_PLANTED}"
         )
-    record = schema.load(payload, key)
-    found = schema.key_of(record)
-    if found != key and not _same_key(repo, found, bkey):
-        raise DecodeError(
-            f"{schema.name} key {key!r}: the payload holds the record of key {found!r}: {_PLANTED}"
-        )
-    return record
+    return schema.load(payload, key)
 
 
 def _same_key(repo: Repo[R, K], key: K, bkey: bytes) -> bool:
@@ -206,6 +233,7 @@ def _read(repo: Repo[R, K], answer: object) -> object:
     """
     if isinstance(answer, BaseException):
         if isinstance(answer, BackendError) and _miss_mode(repo):
+            stats.count(repo, errors=1)  # the store failed this read (cacheorm.stats)
             return None
         raise answer
     return answer
@@ -247,9 +275,12 @@ def insert_many(repo: Repo[R, K], records: Iterable[R], /) -> Plan[list[R]]:
     return (yield from _plan_write(repo, [schema.prepare(r) for r in records], False))
 
 
-@declare(draws_keys=True)
+@declare(multi_phase=True, draws_keys=True)  # multi-phase only over a remembered absence
 def add(repo: Repo[R, K], record: R, /) -> Plan[R]:
     """Store a record only if its key is absent (atomically).
+
+    An absence remembered by ``get_or_load(..., negative_ttl=N)`` is no record:
+    ``add`` stores over it.
 
     Raises:
         AlreadyExists: a record with that key is already stored.
@@ -293,10 +324,12 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
             return []
         results = yield commands
         retry = []
-        for i, ok in zip(todo, results, strict=True):
+        for i, bkey, ok in zip(todo, bkeys, results, strict=True):
             if _check(ok):
                 continue
             if i not in auto:
+                if only_new and (yield from _plan_add_over_absence(repo, stored[i], bkey)):
+                    continue
                 raise AlreadyExists(f"{schema.name} {schema.key_of(stored[i])!r} already exists")
             retry.append(i)
         for i in todo:
@@ -309,6 +342,29 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
     raise ConflictError(
         f"{schema.name}: every automatic id drawn in {MAX_AUTO_KEY_ATTEMPTS} attempts was taken"
     )
+
+
+def _plan_add_over_absence(repo: Repo[R, K], record: R, bkey: bytes) -> Plan[bool]:
+    """After ``add`` found ``bkey`` taken: store ``record`` if what is there is a remembered
+    absence (see :data:`ABSENT_PREFIX`), which is no record; return whether it was stored.
+
+    Only this failure path pays for it: the marker is replaced by compare-and-set,
+    so a record written meanwhile is never overwritten.
+    """
+    payload = _encode(repo, record, bkey)
+    for attempt in range(MAX_CAS_ATTEMPTS):
+        (got,) = yield [Gets(bkey)]
+        if _check(got) is None:  # the marker expired meanwhile
+            (ok,) = yield [Add(bkey, payload, repo.ttl)]
+        else:
+            raw, token = _as_pair(got)
+            if not _is_absence(raw, bkey):
+                return False
+            (ok,) = yield [Cas(bkey, payload, token, repo.ttl)]
+        if _check(ok):
+            return True
+        yield _backoff(attempt)
+    return False
 
 
 @declare()
@@ -349,7 +405,19 @@ def get_or_none(repo: Repo[R, K], key: K, /) -> Plan[R | None]:
 def _record_or_none(repo: Repo[R, K], answer: object, key: K, bkey: bytes) -> R | None:
     """The record in a ``Get`` answer for ``key`` (``bkey``); ``None`` on a miss."""
     raw = _read(repo, answer)
-    return None if raw is None else _decode(repo, _as_bytes(raw), key, bkey)
+    if raw is None:
+        return None
+    try:
+        return _decode(repo, _as_bytes(raw), key, bkey)
+    except DecodeError:
+        if _is_absence(raw, bkey):  # checked only once decoding failed: free for records
+            return None
+        raise
+
+
+def _is_absence(raw: object, bkey: bytes) -> bool:
+    """Whether ``raw``, read under ``bkey``, is the marker of its absence (see ABSENT_PREFIX)."""
+    return raw == ABSENT_PREFIX + bkey
 
 
 @declare(snapshot=key_tuple)
@@ -378,10 +446,19 @@ def get_many(repo: Repo[R, K], keys: Iterable[K], /) -> Plan[list[R | None]]:
 def exists(repo: Repo[R, K], key: K, /) -> Plan[bool]:
     """Return whether a record is stored under ``key``.
 
-    With ``on_backend_error="miss"`` an outage returns ``False``.
+    With ``on_backend_error="miss"`` an outage returns ``False``. An absence
+    remembered by ``get_or_load(..., negative_ttl=N)`` is no record.
     """
-    (found,) = yield [Has(repo.schema.encode_key(key, repo.namespace))]
-    return bool(_read(repo, found))
+    # A Get, not a Has: the payload tells a record from a remembered absence.
+    bkey = repo.schema.encode_key(key, repo.namespace)
+    try:
+        (raw,) = yield [Get(bkey)]
+    except DecodeError:  # a value the store cannot hand back as bytes: still a value
+        return True
+    if isinstance(raw, DecodeError):
+        return True
+    raw = _read(repo, raw)
+    return raw is not None and not _is_absence(raw, bkey)
 
 
 def _plan_rmw(
@@ -399,7 +476,12 @@ def _plan_rmw(
         if _check(got) is None:
             raise NotFound(f"{schema.name} {key!r} not found")
         raw, token = _as_pair(got)
-        old = _decode(repo, raw, key, bkey)
+        try:
+            old = _decode(repo, raw, key, bkey)
+        except DecodeError:
+            if _is_absence(raw, bkey):  # a remembered absence: no record
+                raise NotFound(f"{schema.name} {key!r} not found") from None
+            raise
         if isinstance(edit, dict):
             new = schema.evolve(old, edit, checked=True)  # by _check_changes, before the read
         else:
@@ -410,6 +492,7 @@ def _plan_rmw(
         if _check(ok):
             _notify(repo, "after_update", new)
             return new
+        stats.count(repo, retries=1)  # lost the race: another writer changed it
         yield _backoff(attempt)
     raise ConflictError(
         f"{schema.name} {key!r}: gave up after {MAX_CAS_ATTEMPTS} attempts under contention"
@@ -565,37 +648,68 @@ def delete_many(repo: Repo[R, K], keys: Iterable[K], /) -> Plan[int]:
     return count
 
 
+@declare(barrier=True)
+def clear(repo: Repo[R, K], /) -> Plan[int]:
+    """Remove every record of the repo's schema in the repo's namespace; return how many.
+
+    Only keys of this schema (its name and version) in this namespace go:
+    other schemas, namespaces and versions keep theirs, however their names
+    begin. Absences remembered by ``get_or_load(..., negative_ttl=N)`` go too
+    (and are counted); the ``AutoField`` counter stays, so ids are never
+    reused, and so do the short-lived stampede locks of loads in flight. The
+    ``*_delete`` hooks are not run (the keys are not known in advance).
+
+    Not atomic: Redis is walked with ``SCAN`` and ``UNLINK`` (every master
+    of a cluster), memcached with its LRU crawler (``lru_crawler metadump``),
+    memory and files directly, a tier on both tiers. A record written while
+    it runs may survive. In ``co.execute``, ops before it finish first and
+    ops after it start after it.
+
+    Raises:
+        ValidationError: the schema's ``key_format`` is a callable or has no
+            fixed text, so its keys cannot be told from others.
+        BackendError: a server could not be walked or cleared, in either
+            ``on_backend_error`` mode (the records of its healthy servers are removed).
+    """
+    prefix, shape = repo.schema.key_scope(repo.namespace)
+    (removed,) = yield [Clear(prefix, shape)]
+    return _as_int(_check(removed))
+
+
 @overload
 @declare(multi_phase=True)
 def get_or_load(
     repo: Repo[R, K],
     key: K,
-    loader: Callable[[K], R],
+    loader: Callable[[K], R | None],
     /,
     *,
     lock_ttl: int = 10,
     wait: float = 10.0,
+    negative_ttl: int | None = None,
 ) -> Plan[R]: ...
 @overload
 @declare(multi_phase=True)
 def get_or_load(
     repo: Repo[R, Hashable],
     key: KL,
-    loader: Callable[[KL], R],
+    loader: Callable[[KL], R | None],
     /,
     *,
     lock_ttl: int = 10,
     wait: float = 10.0,
+    negative_ttl: int | None = None,
 ) -> Plan[R]: ...
 @declare(multi_phase=True)
 def get_or_load(
     repo: Repo[R, K],
     key: K,
-    loader: Callable[[KL], R],
+    loader: Callable[[KL], R | None],
     /,
     *,
     lock_ttl: int = 10,
     wait: float = 10.0,
+    negative_ttl: int | None = None,
 ) -> Plan[R]:
     """Return the stored record, or load, store and return it on a miss.
 
@@ -606,6 +720,15 @@ def get_or_load(
     ``loader`` reaches its caller and releases the lock. A payload that cannot
     be decoded (or holds another key's record) counts as a miss and is
     overwritten.
+
+    A loader that returns ``None`` (no such record) makes the call raise
+    :class:`NotFound`. With ``negative_ttl=N`` that absence is remembered for
+    ``N`` seconds under the key itself (see :data:`ABSENT_PREFIX`): until then
+    the calls of every caller raise ``NotFound`` without calling a loader, and
+    ``get``/``get_many``/``exists``/``update`` see no record. Any write of the
+    key ends it (``insert``, ``insert_many``, ``add``, ``replace``, a
+    ``get_or_load`` whose loader finds the record), as does ``delete`` (which
+    counts it as existing).
 
     With ``on_backend_error="miss"``, when the server is down the loader is
     called and its record returned without being stored; when only the lock
@@ -618,22 +741,41 @@ def get_or_load(
     Args:
         lock_ttl: seconds after which a crashed owner's lock expires (``>= 1``).
         wait: seconds a caller waits for another caller's load (``>= 0``).
+        negative_ttl: seconds to remember that the loader found nothing (an
+            int ``>= 1``); ``None`` (the default) remembers nothing.
 
     Raises:
-        ValidationError: the loader returned the record of another key (nothing
-            is stored), or an illegal ``lock_ttl``/``wait``.
+        NotFound: the loader returned ``None``, or an absence is remembered.
+        ValidationError: the loader returned something that is not a record of
+            the schema, or the record of another key (nothing is stored), or an
+            illegal ``lock_ttl``/``wait``/``negative_ttl``.
         BackendError: the server is unreachable (``on_backend_error="raise"``).
     """
     # The overloads pair the loader with the key's type (the second with KL).
-    load = cast("Callable[[K], R]", loader)
-    return _plan_get_or_load(repo, key, load, lock_ttl, wait)
+    load = cast("Callable[[K], R | None]", loader)
+    return _plan_get_or_load(repo, key, load, lock_ttl, wait, negative_ttl)
+
+
+class _Absence:
+    """What a read-through read returns for a remembered absence (see :data:`ABSENT_PREFIX`)."""
+
+    __slots__ = ()
+
+
+ABSENT = _Absence()
 
 
 def _plan_get_or_load(
-    repo: Repo[R, K], key: K, loader: Callable[[K], R], lock_ttl: int, wait: float
+    repo: Repo[R, K],
+    key: K,
+    loader: Callable[[K], R | None],
+    lock_ttl: int,
+    wait: float,
+    negative_ttl: int | None = None,
 ) -> Plan[R]:
     """The plan of :func:`get_or_load`: read, else lock and load, else poll the lock."""
     _check_lock_settings(lock_ttl, wait)
+    _check_negative_ttl(negative_ttl)
     bkey = repo.schema.encode_key(key, repo.namespace)
     lock = LOCK_PREFIX + bkey
     token = secrets.token_bytes(16)
@@ -642,8 +784,12 @@ def _plan_get_or_load(
     while True:
         found = yield from _plan_read_valid(repo, bkey, key)
         if isinstance(found, BackendError):  # miss mode, server down: nothing to store in
-            return (yield from _plan_load(repo, key, bkey, loader))
+            return _found(repo, key, (yield from _plan_load(repo, key, bkey, loader)), loader)
+        if isinstance(found, _Absence):
+            stats.count(repo, hits=1)  # answered without a load (cacheorm.stats)
+            raise NotFound(f"{repo.schema.name} {key!r} not found (its absence is remembered)")
         if found is not None:
+            stats.count(repo, hits=1)
             return found
         try:
             (locked,) = yield [Add(lock, token, lock_ttl)]
@@ -656,9 +802,11 @@ def _plan_get_or_load(
             raise
         if isinstance(locked, BackendError) and _miss_mode(repo):
             # The lock cannot be taken: load without it, as after `wait`.
-            return (yield from _plan_load_and_store(repo, key, bkey, loader))
+            return (yield from _plan_load_and_store(repo, key, bkey, loader, negative_ttl))
         if _check(locked):
-            return (yield from _plan_load_locked(repo, key, bkey, loader, (lock, token)))
+            return (
+                yield from _plan_load_locked(repo, key, bkey, loader, (lock, token), negative_ttl)
+            )
         if time.monotonic() >= deadline:
             logger.warning(
                 "get_or_load %s %r: lock holder still busy after %.1fs; loading without the lock",
@@ -666,21 +814,30 @@ def _plan_get_or_load(
                 key,
                 wait,
             )
-            return (yield from _plan_load_and_store(repo, key, bkey, loader))
+            return (yield from _plan_load_and_store(repo, key, bkey, loader, negative_ttl))
         yield Sleep(min(0.05, 0.002 * 2 ** min(attempt, 5)))  # capped: 2**attempt would overflow
         attempt += 1
 
 
 def _plan_load_locked(
-    repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R], lock: tuple[bytes, bytes]
+    repo: Repo[R, K],
+    key: K,
+    bkey: bytes,
+    loader: Callable[[K], R | None],
+    lock: tuple[bytes, bytes],
+    negative_ttl: int | None = None,
 ) -> Plan[R]:
     """Holding ``lock`` (key, token): load and store the record, then release the lock."""
     try:
         # Another caller may have stored it between our read and our lock.
         found = yield from _plan_read_valid(repo, bkey, key)
+        if isinstance(found, _Absence):
+            stats.count(repo, hits=1)  # answered without a load (cacheorm.stats)
+            raise NotFound(f"{repo.schema.name} {key!r} not found (its absence is remembered)")
         if found is not None and not isinstance(found, BackendError):
+            stats.count(repo, hits=1)
             return found
-        return (yield from _plan_load_and_store(repo, key, bkey, loader))
+        return (yield from _plan_load_and_store(repo, key, bkey, loader, negative_ttl))
     finally:
         yield from _plan_release(*lock)
 
@@ -696,63 +853,144 @@ def _check_lock_settings(lock_ttl: object, wait: object) -> None:
         raise ValidationError(f"wait must be a number of seconds >= 0, got {wait!r}")
 
 
-def _plan_load(repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R]) -> Plan[R]:
+def _check_negative_ttl(negative_ttl: object) -> None:
+    """Refuse a ``negative_ttl`` that is not ``None`` or a positive int of seconds."""
+    if negative_ttl is not None and (not is_int(negative_ttl) or negative_ttl < 1):
+        raise ValidationError(
+            f"negative_ttl must be None or a positive int of seconds, got {negative_ttl!r}: "
+            "it is how long an absence is remembered (0 would remember it forever)"
+        )
+
+
+def _loader_name(loader: object) -> str:
+    """The loader as messages name it: its qualified name, else its repr."""
+    name = getattr(loader, "__qualname__", None)
+    return name if isinstance(name, str) else repr(loader)
+
+
+def _loaded_record(repo: Repo[R, K], loader: object, key: object, value: object) -> R:
+    """``value``, returned by ``loader`` for ``key``, as a prepared record of the schema.
+
+    Raises:
+        ValidationError: ``value`` is not a record of the schema (the message
+            names the loader).
+    """
+    schema = repo.schema
+    try:
+        return schema.prepare(cast("R", value))  # checked here: a loader may return anything
+    except ValidationError as err:
+        raise ValidationError(
+            f"{schema.name}: loader {_loader_name(loader)} returned, for key {key!r}, "
+            f"{type(value).__name__} {value!r:.200}, not a record of the schema; nothing was "
+            f"stored ({err})"
+        ) from err
+
+
+def _found(repo: Repo[R, K], key: K, record: R | None, loader: object) -> R:
+    """A loaded record; ``None`` (the loader found nothing) raises :class:`NotFound`."""
+    if record is None:
+        raise NotFound(
+            f"{repo.schema.name} {key!r} not found: loader {_loader_name(loader)} returned None"
+        )
+    return record
+
+
+def _plan_load(
+    repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R | None]
+) -> Plan[R | None]:
     """``loader(key)``, called by the driver, prepared, checked to be the record of ``key``.
+
+    Returns:
+        The record, or ``None`` when the loader found nothing.
 
     Raises:
         ValidationError: the loader returned something that is not a record of
             the schema, or the record of another key (nothing is stored).
     """
     schema = repo.schema
-    record = schema.prepare((yield from invoke(loader, key)))
+    stats.count(repo, misses=1)  # the cache missed: the loader is called (cacheorm.stats)
+    value = yield from invoke(loader, key)
+    if value is None:
+        return None
+    record = _loaded_record(repo, loader, key, value)
     found = schema.key_of(record)
     if found != key and not _same_key(repo, found, bkey):
-        name = getattr(loader, "__qualname__", None) or repr(loader)
         raise ValidationError(
-            f"{schema.name}: loader {name} was asked for key {key!r} but returned the record "
-            f"of key {found!r}; nothing was stored. Return the record of the key asked for"
+            f"{schema.name}: loader {_loader_name(loader)} was asked for key {key!r} but "
+            f"returned the record of key {found!r}; nothing was stored. Return the record "
+            "of the key asked for"
         )
     return record
 
 
 def _plan_load_and_store(
-    repo: Repo[R, K], key: K, bkey: bytes, loader: Callable[[K], R]
+    repo: Repo[R, K],
+    key: K,
+    bkey: bytes,
+    loader: Callable[[K], R | None],
+    negative_ttl: int | None = None,
 ) -> Plan[R]:
-    """Load the record and store it; in miss mode an outage returns it unstored."""
+    """Load the record and store it; in miss mode an outage returns it unstored.
+
+    A loader that finds nothing raises :class:`NotFound`, its absence
+    remembered first if ``negative_ttl`` is set.
+    """
     record = yield from _plan_load(repo, key, bkey, loader)
+    if record is None:
+        if negative_ttl is not None:
+            (marked,) = yield [_mark_absent(bkey, negative_ttl)]
+            if not (isinstance(marked, BackendError) and _miss_mode(repo)):
+                _check(marked)
+        return _found(repo, key, record, loader)
     try:
         (stored,) = yield from _plan_write(repo, [record], False)
     except BackendError:
         if not _miss_mode(repo):
             raise
         return record
+    stats.count(repo, writes=1)
     return stored
 
 
-def _plan_read_valid(repo: Repo[R, K], bkey: bytes, key: K) -> Plan[R | BackendError | None]:
-    """Read a record; an undecodable payload counts as a miss (and is overwritten later).
+def _mark_absent(bkey: bytes, negative_ttl: int) -> Add:
+    """The command that remembers ``bkey``'s absence; an ``add``, so it never hides a
+    record stored meanwhile."""
+    return Add(bkey, ABSENT_PREFIX + bkey, negative_ttl)
 
-    Returns:
-        The record, ``None`` on a miss, or, in miss mode, the ``BackendError``
-        that kept the read from reaching the server.
-    """
-    try:
-        (raw,) = yield [Get(bkey)]
-    except DecodeError:
-        raw = None  # the store cannot hand back bytes (a Redis key of another type)
+
+def _read_slot(
+    repo: Repo[R, K], raw: object, key: K, bkey: bytes
+) -> R | BackendError | _Absence | None:
+    """A read-through's ``Get`` answer: the record, ``None`` on a miss (an undecodable
+    payload included, overwritten later), :data:`ABSENT`, or, in miss mode, the
+    ``BackendError`` that kept the read from reaching the server."""
     if isinstance(raw, BackendError) and _miss_mode(repo):
+        stats.count(repo, errors=1)  # the store failed this read (cacheorm.stats)
         return raw
-    if isinstance(raw, DecodeError):
-        raw = None
+    if isinstance(raw, DecodeError):  # the store cannot hand back bytes (a Redis list...)
+        return None
     if _check(raw) is None:
         return None
     try:
         return _decode(repo, _as_bytes(raw), key, bkey)
     except DecodeError as err:
+        if _is_absence(raw, bkey):
+            return ABSENT
         logger.warning(
             "%s %r: undecodable payload treated as a miss: %s", repo.schema.name, key, err
         )
         return None
+
+
+def _plan_read_valid(
+    repo: Repo[R, K], bkey: bytes, key: K
+) -> Plan[R | BackendError | _Absence | None]:
+    """Read a record for a read-through (see :func:`_read_slot`)."""
+    try:
+        (raw,) = yield [Get(bkey)]
+    except DecodeError:
+        raw = None  # the store cannot hand back bytes (a Redis key of another type)
+    return _read_slot(repo, raw, key, bkey)
 
 
 RELEASE_ATTEMPTS = 3
@@ -789,6 +1027,368 @@ def _plan_release_quietly(lock: bytes, token: bytes) -> Plan[None]:
         yield from _plan_release(lock, token)
     except CacheORMError as err:
         logger.debug("stampede lock %r left to expire: %s", lock, err)
+    return None
+
+
+# --------------------------------------------------------------------------- get_many_or_load
+
+
+@overload
+@declare(multi_phase=True, snapshot=key_tuple)
+def get_many_or_load(
+    repo: Repo[R, K],
+    keys: Iterable[K],
+    loader: Callable[[list[K]], Mapping[K, R | None]],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+    negative_ttl: int | None = None,
+) -> Plan[list[R | None]]: ...
+@overload
+@declare(multi_phase=True, snapshot=key_tuple)
+def get_many_or_load(
+    repo: Repo[R, Hashable],
+    keys: Iterable[KL],
+    loader: Callable[[list[KL]], Mapping[KL, R | None]],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+    negative_ttl: int | None = None,
+) -> Plan[list[R | None]]: ...
+@declare(multi_phase=True, snapshot=key_tuple)
+def get_many_or_load(
+    repo: Repo[R, K],
+    keys: Iterable[K],
+    loader: Callable[[list[KL]], Mapping[KL, R | None]],
+    /,
+    *,
+    lock_ttl: int = 10,
+    wait: float = 10.0,
+    negative_ttl: int | None = None,
+) -> Plan[list[R | None]]:
+    """Return the records in key order, loading the missing ones with one loader call.
+
+    The stored records are read in one round trip. ``loader(missing_keys)`` is
+    then called once with exactly the keys that missed, in key order (a key
+    given twice is asked once), and returns ``{key: record}``; what it returns
+    is stored in one round trip. A key it leaves out (or maps to ``None``) is
+    ``None`` in the result; with ``negative_ttl=N`` that absence is remembered
+    for ``N`` seconds, as by :func:`get_or_load` (a remembered absence is
+    ``None`` without asking the loader).
+
+    Stampede protection is :func:`get_or_load`'s, per key: the missing keys'
+    locks are taken in one round trip, and the keys locked by this call are
+    loaded at once. Keys whose lock another caller holds (across threads and
+    processes) are polled until that caller stores them, for up to ``wait``
+    seconds, then loaded by this call with a second loader call; so a key is
+    not loaded twice, and a slow key held by another caller never delays the
+    keys this call loads. Every lock is released on every way out (a loader's
+    exception, an async caller's cancellation). A payload that cannot be
+    decoded counts as a miss and is overwritten. With
+    ``on_backend_error="miss"`` keys whose server is down are loaded and
+    returned without being stored.
+
+    Args:
+        lock_ttl, wait, negative_ttl: as for :func:`get_or_load`.
+
+    Raises:
+        ValidationError: the loader returned something other than a mapping, a
+            key it was not asked for, a value that is not a record of the
+            schema, or under a key the record of another key (the message names
+            the loader; nothing it returned is stored); an illegal
+            ``lock_ttl``/``wait``/``negative_ttl``.
+        DecodeError: a key that is not a key of the schema.
+        BackendError: a key's server is unreachable (``on_backend_error="raise"``).
+    """
+    # The overloads pair the loader with the keys' type (the second with KL).
+    load = cast("Callable[[list[K]], Mapping[K, R | None]]", loader)
+    return _plan_get_many_or_load(repo, keys, load, lock_ttl, wait, negative_ttl)
+
+
+def _plan_get_many_or_load(
+    repo: Repo[R, K],
+    keys: Iterable[K],
+    loader: Callable[[list[K]], Mapping[K, R | None]],
+    lock_ttl: int,
+    wait: float,
+    negative_ttl: int | None,
+) -> Plan[list[R | None]]:
+    """The plan of :func:`get_many_or_load`: read every key, then lock, load and poll the misses."""
+    keys = key_list(keys)
+    _check_lock_settings(lock_ttl, wait)
+    _check_negative_ttl(negative_ttl)
+    if not keys:
+        return []
+    encode, ns = repo.schema.encode_key, repo.namespace
+    bkeys = [encode(k, ns) for k in keys]
+    asked: dict[bytes, K] = {}  # each storage key once, in key order
+    for key, bkey in zip(keys, bkeys, strict=True):
+        asked.setdefault(bkey, key)
+    found: dict[bytes, R | None] = {}
+    missing: list[bytes] = []
+    down: list[bytes] = []  # miss mode: their server is down, nothing to store in
+    reads = yield from _plan_read_many(repo, asked, list(asked))
+    for bkey, got in zip(asked, reads, strict=True):
+        if got is None:
+            missing.append(bkey)
+        elif isinstance(got, BackendError):
+            down.append(bkey)
+        else:
+            found[bkey] = None if isinstance(got, _Absence) else got
+    stats.count(repo, hits=len(found))  # answered without a load (cacheorm.stats)
+    if missing or down:
+        many = _ManyLoad(repo, asked, loader, negative_ttl)
+        found.update((yield from _plan_load_many(many, missing, down, lock_ttl, wait)))
+    return [found[bkey] for bkey in bkeys]
+
+
+class _ManyLoad(NamedTuple, Generic[R, K]):
+    """What the loads of one :func:`get_many_or_load` call share."""
+
+    repo: Repo[R, K]
+    asked: dict[bytes, K]
+    """Each storage key asked for, and its key, in key order."""
+    loader: Callable[[list[K]], Mapping[K, R | None]]
+    negative_ttl: int | None
+
+
+def _plan_read_many(
+    repo: Repo[R, K], asked: Mapping[bytes, K], bkeys: list[bytes]
+) -> Plan[list[R | BackendError | _Absence | None]]:
+    """Read ``bkeys`` in one phase, each as :func:`_read_slot` sees it."""
+    if not bkeys:
+        return []
+    try:
+        raws: list[object] = yield [Get(bkey) for bkey in bkeys]
+    except DecodeError:  # a lone key the store cannot hand back as bytes
+        raws = [None] * len(bkeys)
+    slots: list[R | BackendError | _Absence | None] = []
+    for bkey, raw in zip(bkeys, raws, strict=True):
+        slot = _read_slot(repo, raw, asked[bkey], bkey)  # R from the repo, not from `slots`
+        slots.append(slot)
+    return slots
+
+
+def _plan_load_many(
+    many: _ManyLoad[R, K], missing: list[bytes], down: list[bytes], lock_ttl: int, wait: float
+) -> Plan[dict[bytes, R | None]]:
+    """Lock the ``missing`` keys, load the ones locked (and the ``down`` ones) at once, then
+    poll the others' until they are stored or ``wait`` passes; every lock taken is released.
+
+    Returns:
+        ``{storage key: record or None}`` for every key of ``missing`` and ``down``.
+    """
+    repo = many.repo
+    token = secrets.token_bytes(16)
+    deadline = time.monotonic() + wait
+    out: dict[bytes, R | None] = {}
+    owned: list[bytes] = []  # lock keys this call holds
+    todo, unstored, attempt = missing, down, 0
+    try:
+        while True:
+            mine, held, lockless = yield from _plan_lock_many(repo, todo, token, lock_ttl, owned)
+            # Ours may have been stored between our read and our lock; the others' are polled.
+            store, unstored = list(lockless), list(unstored)
+            waiting: list[bytes] = []
+            theirs = set(held)
+            rereads = yield from _plan_read_many(repo, many.asked, mine + held)
+            for bkey, got in zip(mine + held, rereads, strict=True):
+                if isinstance(got, _Absence):
+                    stats.count(repo, hits=1)  # stored meanwhile: no load (cacheorm.stats)
+                    out[bkey] = None
+                elif got is None and bkey in theirs:
+                    waiting.append(bkey)
+                elif got is None or isinstance(got, BackendError):
+                    # Ours; or, in miss mode, the other caller's server is down: load it unstored.
+                    (unstored if bkey in theirs else store).append(bkey)
+                else:
+                    stats.count(repo, hits=1)
+                    out[bkey] = got
+            out.update((yield from _plan_load_batch(many, store, unstored)))
+            if owned:
+                yield from _plan_release_many(owned, token)
+                owned.clear()
+            if not waiting:
+                return out
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "get_many_or_load %s: lock holders still busy after %.1fs for %d keys; "
+                    "loading them without the locks",
+                    repo.schema.name,
+                    wait,
+                    len(waiting),
+                )
+                out.update((yield from _plan_load_batch(many, waiting, [])))
+                return out
+            yield Sleep(min(0.05, 0.002 * 2 ** min(attempt, 5)))  # as get_or_load polls
+            todo, unstored, attempt = waiting, [], attempt + 1
+    except GeneratorExit:
+        raise
+    except BaseException:
+        if owned:  # a loader's error, a failed store, a cancellation: give the locks back
+            yield from _plan_release_many_quietly(owned, token)
+        raise
+
+
+def _plan_lock_many(
+    repo: Repo[R, K], bkeys: list[bytes], token: bytes, lock_ttl: int, owned: list[bytes]
+) -> Plan[tuple[list[bytes], list[bytes], list[bytes]]]:
+    """Take the stampede locks of ``bkeys`` in one phase (those taken go in ``owned``).
+
+    Returns:
+        The keys locked by us, those whose lock another caller holds, and, in
+        miss mode, those whose lock could not be taken (loaded without it).
+    """
+    if not bkeys:
+        return [], [], []
+    locks = [LOCK_PREFIX + bkey for bkey in bkeys]
+    try:
+        answers = yield [Add(lock, token, lock_ttl) for lock in locks]
+    except GeneratorExit:
+        raise
+    except BaseException:
+        # The adds may have run (their replies lost, the task cancelled): give back ours.
+        yield from _plan_release_many_quietly(locks, token)
+        raise
+    mine: list[bytes] = []
+    held: list[bytes] = []
+    lockless: list[bytes] = []
+    failed: list[object] = []
+    for bkey, lock, answer in zip(bkeys, locks, answers, strict=True):
+        if isinstance(answer, BackendError) and _miss_mode(repo):
+            lockless.append(bkey)
+        elif isinstance(answer, BaseException):
+            failed.append(answer)
+        elif answer:
+            owned.append(lock)
+            mine.append(bkey)
+        else:
+            held.append(bkey)
+    for answer in failed:
+        _check(answer)  # raised once every lock taken is in ``owned``, to be released
+    return mine, held, lockless
+
+
+def _plan_load_batch(
+    many: _ManyLoad[R, K], store: list[bytes], unstored: list[bytes]
+) -> Plan[dict[bytes, R | None]]:
+    """One loader call for the keys of ``store`` and ``unstored``, in key order; store what it
+    returns for those of ``store`` (remembering absences with ``negative_ttl``) in one phase.
+
+    In miss mode a store that cannot reach its server returns the records unstored.
+    """
+    if not store and not unstored:
+        return {}
+    repo, asked = many.repo, many.asked
+    position = {bkey: i for i, bkey in enumerate(asked)}
+    bkeys = sorted([*store, *unstored], key=position.__getitem__)
+    wanted = {bkey: asked[bkey] for bkey in bkeys}
+    stats.count(repo, misses=len(wanted))  # the loader is called for them (cacheorm.stats)
+    returned = yield from invoke(many.loader, list(wanted.values()))
+    records = _loaded_records(repo, many.loader, wanted, returned)
+    out: dict[bytes, R | None] = {bkey: records.get(bkey) for bkey in bkeys}
+    writes = [bkey for bkey in store if bkey in records]
+    negative_ttl = many.negative_ttl
+    marks = [] if negative_ttl is None else [b for b in store if b not in records]
+    if not writes and not marks:
+        return out
+    plans: list[Plan[object]] = [_plan_write(repo, [records[bkey] for bkey in writes], False)]
+    if marks and negative_ttl is not None:
+        plans.append(_plan_mark_absent(repo, marks, negative_ttl))
+    results = yield from plan_all(plans)
+    for result in results:
+        if isinstance(result, BackendError) and _miss_mode(repo):
+            return out  # the server is down: what was loaded, unstored
+        if isinstance(result, Exception):
+            raise result
+    stored = cast("list[R]", results[0])  # _plan_write's: the records as stored
+    stats.count(repo, writes=len(stored))
+    out.update(zip(writes, stored, strict=True))
+    return out
+
+
+def _plan_mark_absent(repo: Repo[R, K], bkeys: list[bytes], negative_ttl: int) -> Plan[None]:
+    """Remember the absence of ``bkeys`` for ``negative_ttl`` seconds (see ABSENT_PREFIX)."""
+    results = yield [_mark_absent(bkey, negative_ttl) for bkey in bkeys]
+    for result in results:
+        if not (isinstance(result, BackendError) and _miss_mode(repo)):
+            _check(result)
+    return None
+
+
+def _loaded_records(
+    repo: Repo[R, K], loader: object, wanted: Mapping[bytes, object], returned: object
+) -> dict[bytes, R]:
+    """The records a ``get_many_or_load`` loader returned for ``wanted``, by storage key.
+
+    Raises:
+        ValidationError: not a mapping; a key not wanted (or not a key of the
+            schema); a value that is not a record; the record of another key.
+    """
+    schema = repo.schema
+    name = _loader_name(loader)
+    if not isinstance(returned, Mapping):
+        raise ValidationError(
+            f"{schema.name}: loader {name} must return a mapping of key to record, got "
+            f"{type(returned).__name__}; nothing was stored"
+        )
+    records: dict[bytes, R] = {}
+    for key, value in returned.items():
+        try:
+            bkey = schema.encode_key(key, repo.namespace)
+        except ValidationError as err:
+            raise ValidationError(
+                f"{schema.name}: loader {name} returned key {key!r}, not a key of the schema; "
+                f"nothing was stored ({err})"
+            ) from err
+        if bkey not in wanted:
+            raise ValidationError(
+                f"{schema.name}: loader {name} returned key {key!r}, which it was not asked "
+                f"for (it was asked for {list(wanted.values())!r:.200}); nothing was stored"
+            )
+        if value is None:
+            continue
+        record = _loaded_record(repo, loader, key, value)
+        found = schema.key_of(record)
+        if found != key and not _same_key(repo, found, bkey):
+            raise ValidationError(
+                f"{schema.name}: loader {name} returned, under key {key!r}, the record of key "
+                f"{found!r}; nothing was stored. Map each key to its own record"
+            )
+        records[bkey] = record
+    return records
+
+
+def _plan_release_many(locks: list[bytes], token: bytes) -> Plan[None]:
+    """:func:`_plan_release` for several locks, in two phases whatever their number."""
+    for attempt in range(RELEASE_ATTEMPTS):
+        try:
+            answers = yield [Gets(lock) for lock in locks]
+            ours: list[Command] = []
+            for lock, got in zip(locks, answers, strict=True):
+                if got is not None and not isinstance(got, BaseException):
+                    value, cas_token = _as_pair(got)
+                    if value == token:
+                        ours.append(DeleteIf(lock, cas_token))
+            if ours:
+                yield ours
+            return None
+        except (GeneratorExit, CacheORMError):
+            raise
+        except BaseException:
+            if attempt == RELEASE_ATTEMPTS - 1:
+                raise
+    return None
+
+
+def _plan_release_many_quietly(locks: list[bytes], token: bytes) -> Plan[None]:
+    """:func:`_plan_release_many` on the way out of a failure (as :func:`_plan_release_quietly`)."""
+    try:
+        yield from _plan_release_many(locks, token)
+    except CacheORMError as err:
+        logger.debug("%d stampede locks left to expire: %s", len(locks), err)
     return None
 
 

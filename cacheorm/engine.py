@@ -34,8 +34,8 @@ thrown into the plan like a failed call, so the plan cleans up first
 :mod:`cacheorm.aio` derives its coroutine functions from :data:`DECLARED`
 (``Callable[P, T]`` to ``Callable[P, Coroutine[Any, Any, T]]``), as
 :func:`declare` derives the sync ones and :func:`cacheorm.ops.op` the op
-builders; only ``modify`` and ``get_or_load``, whose callables may there be
-coroutine functions, have signatures of their own.
+builders; only ``modify``, ``get_or_load`` and ``get_many_or_load``, whose
+callables may there be coroutine functions, have signatures of their own.
 
 A repo is checked once for the driver that serves it
 (:attr:`cacheorm.Repo.sync_backend`, :attr:`cacheorm.Repo.aio_direct`): an
@@ -59,15 +59,27 @@ from typing import (
     NamedTuple,
     Never,
     ParamSpec,
+    Protocol,
     TypeAlias,
     TypeVar,
     assert_never,
     cast,
 )
 
-from cacheorm.backends.base import AsyncBackend, Backend, Command, apply, apply_async
+from cacheorm.backends.base import (
+    AsyncBackend,
+    Backend,
+    Clear,
+    Command,
+    Get,
+    Gets,
+    Has,
+    apply,
+    apply_async,
+)
 from cacheorm.errors import BackendError, CacheORMError
 from cacheorm.repo import K, R, Repo, backend_driver
+from cacheorm.stats import observed
 
 __all__ = [
     "DECLARED",
@@ -143,98 +155,12 @@ def dispatch(backend: Backend, commands: Sequence[Command]) -> list[object]:
     return backend.batch(commands)
 
 
-class _Down:
-    """One server that is down, and what shows its return."""
+RETRY_SECONDS: Final = 2.0
+"""How long a down server is skipped by miss-mode calls before one of them probes it
+(:attr:`Outage.retry_seconds`, which may be set to change it)."""
 
-    __slots__ = ("backends", "last_failure", "probes")
-
-    def __init__(self) -> None:
-        self.probes: dict[bytes, None] = {}  # insertion-ordered set: the oldest goes first
-        self.backends: set[int] = set()  # ids of the backends that reported it
-        self.last_failure = 0.0
-
-
-class Outage:
-    """Which cache servers are down, as seen by ``on_backend_error="miss"`` calls.
-
-    Each server's outage is logged once (at WARNING) when it starts and once
-    when the server answers again, naming the server (``BackendError.server``,
-    else the backend's type name). :attr:`count` counts the calls that met an
-    outage.
-
-    A call answered by several servers (a memcached pool, a cluster, a tier
-    whose near cache answers alone) can fail for some keys and succeed for
-    others, and a success does not say which server gave it. So a success
-    never ends an outage by itself: a server is up again when one of the keys
-    that last failed on it (:data:`MAX_PROBES` of them) succeeds, or when a
-    call through its backend succeeds after :data:`QUIET_SECONDS` without a
-    failure on it. A pool with one dead node therefore logs its outage once,
-    however its calls interleave.
-    """
-
-    count = 0
-    _down: ClassVar[dict[str, _Down]] = {}  # process-wide by design: one outage, one log line
-    _lock = threading.Lock()
-    _clock: ClassVar[Callable[[], float]] = time.monotonic
-
-    @classmethod
-    def observe(
-        cls, backend: Backend | AsyncBackend, commands: Sequence[Command], results: Sequence[object]
-    ) -> None:
-        """Record which servers failed or answered in one call's ``results``."""
-        if not cls._down and not any(isinstance(r, BackendError) for r in results):
-            return  # the hot path: nothing down, nothing failed
-        failed: dict[str, list[bytes]] = {}
-        first_error: dict[str, BackendError] = {}
-        answered: list[bytes] = []
-        for command, result in zip(commands, results, strict=True):
-            if isinstance(result, BackendError):
-                server = result.server or type(backend).__name__
-                failed.setdefault(server, []).append(command.key)
-                first_error.setdefault(server, result)
-            else:
-                answered.append(command.key)
-        started: list[str] = []
-        ended: list[str] = []
-        where = id(backend)
-        now = cls._clock()
-        with cls._lock:
-            if failed:
-                cls.count += 1
-            for server, down in list(cls._down.items()):
-                if server in failed or where not in down.backends or not answered:
-                    continue
-                quiet = not failed and now - down.last_failure >= QUIET_SECONDS
-                if quiet or any(key in down.probes for key in answered):
-                    del cls._down[server]
-                    ended.append(server)
-            for server, keys in failed.items():
-                if server not in cls._down:
-                    cls._down[server] = _Down()
-                    started.append(server)
-                down = cls._down[server]
-                down.backends.add(where)
-                down.last_failure = now
-                for key in keys:
-                    down.probes.pop(key, None)  # re-inserted as the newest
-                    down.probes[key] = None
-                while len(down.probes) > MAX_PROBES:
-                    del down.probes[next(iter(down.probes))]
-        _log_outages(started, ended, first_error)
-
-
-def _log_outages(started: list[str], ended: list[str], errors: dict[str, BackendError]) -> None:
-    """One WARNING per server whose outage ended or started (with its first error)."""
-    for server in ended:
-        logger.warning("cache server %s is available again", server)
-    for server in started:
-        logger.warning(
-            "cache server %s is unavailable; reads through on_backend_error='miss' "
-            "repos miss and writes raise until it answers: %s",
-            server,
-            errors[server],
-        )
-
+LOST_PROBE_SECONDS: Final = 60.0
+"""A probe claimed this long ago and never released (its thread forked away) is let go."""
 
 MAX_PROBES: Final = 16
 """Keys remembered per down server: a success on one of them shows the server is back."""
@@ -244,22 +170,313 @@ QUIET_SECONDS: Final = 30.0
 its outage (its own keys may not be asked for again)."""
 
 
+class _Down:
+    """One server that is down: what shows its return, and when to try it again."""
+
+    __slots__ = ("backends", "error", "last_failure", "probes", "probing", "retry_at")
+
+    def __init__(self, error: BackendError) -> None:
+        self.probes: dict[bytes, None] = {}  # insertion-ordered set: the oldest goes first
+        self.backends: set[int] = set()  # ids of the backends that reported it
+        self.last_failure = 0.0
+        self.retry_at = 0.0  # until then, miss-mode calls skip it
+        self.probing = 0.0  # when the call probing it started (0.0: none in flight)
+        self.error = error  # its last failure, chained from the errors of skipped commands
+
+
+class Placed(Protocol):
+    """A backend that can tell which server a key's commands go to (see :class:`Outage`)."""
+
+    def server_for(self, key: bytes, reading: bool = False) -> str | None:
+        """``"host:port"`` of the server ``key``'s commands go to; ``None``: it cannot tell.
+
+        ``reading``: the command is a ``Get``, which a tier may answer from its
+        near copy (then ``None``: no server need answer).
+        """
+        ...
+
+
+class Gate:
+    """What :meth:`Outage.gate` decided for one call: the commands sent, the ones skipped.
+
+    Skipped commands go to a server in an outage; each gets a
+    :class:`~cacheorm.BackendError` naming it, chained to its last failure.
+    """
+
+    __slots__ = ("probing", "sent", "skipped")
+
+    def __init__(
+        self, commands: Sequence[Command], skipped: dict[int, BackendError], probing: list[str]
+    ) -> None:
+        self.skipped = skipped
+        self.probing = probing  # servers this call probes (released by Outage.release)
+        self.sent = [c for i, c in enumerate(commands) if i not in skipped]
+
+    def merged(self, answers: Sequence[object]) -> list[object]:
+        """The answers to the sent commands, with the skipped commands' errors in their slots."""
+        if not self.skipped:
+            return list(answers)
+        sent = iter(answers)
+        total = len(self.sent) + len(self.skipped)
+        return [self.skipped[i] if i in self.skipped else next(sent) for i in range(total)]
+
+
+class Outage:
+    """Which cache servers are down, as seen by ``on_backend_error="miss"`` calls.
+
+    **Fail fast.** Once a miss-mode call fails on a server with
+    :class:`~cacheorm.BackendError`, miss-mode calls skip that server for
+    :attr:`retry_seconds`: its commands are not sent and fail at once with a
+    ``BackendError`` naming it (so reads miss and writes raise without waiting
+    for a timeout). Then the first call to reach it is let through as the
+    probe, while the others keep skipping it; a probe answered ends the
+    outage, a probe that fails starts another wait. A hung server thus costs
+    one timeout per :attr:`retry_seconds`, not one per call.
+
+    Which commands go to the down server: a backend with ``server_for(key)``
+    (:class:`Placed`: memcached, Redis standalone and Cluster, a tier over
+    one of them) says so per key, so only the keys of a pool's or cluster's
+    down node are skipped, and the others are served. Another backend is
+    skipped as a whole once a call on it failed as a whole (every command,
+    reads among them: a failed write alone may be a full disk), until a
+    probe is answered. ``clear`` is never skipped: it needs
+    every server. Calls in ``on_backend_error="raise"`` mode are never skipped.
+
+    **Logging.** Each server's outage is logged once (at WARNING) when it
+    starts and once when the server answers again, naming the server
+    (``BackendError.server``, else the backend's type name). :attr:`count`
+    counts the calls that met an outage. A call answered by a backend that
+    cannot place keys (a tier whose near cache answers alone) does not say
+    which server gave it: there a server is up again when one of the keys
+    that last failed on it (:data:`MAX_PROBES` of them) succeeds, or when a
+    call through its backend succeeds after :data:`QUIET_SECONDS` without a
+    failure on it.
+
+    State is process-wide and thread-safe (one lock, never held across I/O),
+    shared by threads and event loops alike.
+    """
+
+    count = 0
+    retry_seconds: ClassVar[float] = RETRY_SECONDS
+    """Seconds a down server is skipped before a call probes it again."""
+    _down: ClassVar[dict[str, _Down]] = {}  # process-wide by design: one outage, one log line
+    _whole: ClassVar[dict[int, str]] = {}  # backends without server_for skipped as a whole
+    _lock = threading.Lock()
+    _clock: ClassVar[Callable[[], float]] = time.monotonic
+
+    @classmethod
+    def gate(
+        cls,
+        backend: Backend | AsyncBackend,
+        commands: Sequence[Command],
+        eligible: Sequence[bool] | None = None,
+    ) -> Gate | None:
+        """Decide which of a miss-mode call's commands skip a down server; ``None``: send all.
+
+        ``eligible``: per command, whether it may be skipped (in ``co.execute``,
+        the commands of miss-mode ops); all of them when not given. A server
+        due for a probe is claimed by this call: :meth:`release` it after.
+        """
+        if not cls._down:
+            return None  # the hot path: nothing is down
+        names = _servers(backend, commands, cls._whole.get(id(backend)))
+        if not any(name in cls._down for name in names):
+            return None
+        now = cls._clock()
+        skipped: dict[int, BackendError] = {}
+        probing: list[str] = []
+        skipping: dict[str, BackendError] = {}
+        with cls._lock:
+            for i, name in enumerate(names):
+                if name is None or (eligible is not None and not eligible[i]):
+                    continue
+                down = cls._down.get(name)
+                if down is None or name in probing:
+                    continue
+                error = skipping.get(name)
+                if error is None:
+                    idle = not down.probing or now - down.probing > LOST_PROBE_SECONDS
+                    if idle and now >= down.retry_at:
+                        down.probing = now  # this call probes it
+                        probing.append(name)
+                        continue
+                    error = skipping[name] = _skipped(name, down, now)
+                skipped[i] = error
+            if skipped:
+                cls.count += 1
+        if not skipped and not probing:
+            return None
+        return Gate(commands, skipped, probing)
+
+    @classmethod
+    def release(cls, gate: Gate | None) -> None:
+        """End the probes ``gate`` claimed, answered or not (a cancelled call's included)."""
+        if gate is None or not gate.probing:
+            return
+        with cls._lock:
+            for name in gate.probing:
+                down = cls._down.get(name)
+                if down is not None:
+                    down.probing = 0.0
+
+    @classmethod
+    def observe(
+        cls,
+        backend: Backend | AsyncBackend,
+        commands: Sequence[Command],
+        results: Sequence[object],
+        gate: Gate | None = None,
+    ) -> None:
+        """Record which servers failed or answered in one call's ``results``.
+
+        ``commands``: those sent (``gate.sent`` when the call was gated).
+        """
+        if not cls._down and not any(isinstance(r, BackendError) for r in results):
+            return  # the hot path: nothing down, nothing failed
+        placed = _servers(backend, commands, None)
+        failed: dict[str, list[bytes]] = {}
+        first_error: dict[str, BackendError] = {}
+        answered: list[bytes] = []
+        answering: set[str] = set()  # servers known to have answered (placed keys)
+        for command, result, name in zip(commands, results, placed, strict=True):
+            if isinstance(result, BackendError):
+                server = result.server or type(backend).__name__
+                failed.setdefault(server, []).append(command.key)
+                first_error.setdefault(server, result)
+            else:
+                answered.append(command.key)
+                if name is not None:
+                    answering.add(name)
+        started: list[str] = []
+        ended: list[str] = []
+        where = id(backend)
+        now = cls._clock()
+        with cls._lock:
+            if failed and (gate is None or not gate.skipped):  # else counted by gate()
+                cls.count += 1
+            if answered:
+                cls._whole.pop(where, None)
+            elif failed and all(name is None for name in placed) and _reads(commands):
+                # Every command failed, reads included, on keys it cannot place: the
+                # backend looks down as a whole (a failed write alone may be a full disk).
+                cls._whole[where] = next(iter(failed))
+            for server, down in list(cls._down.items()):
+                if server in failed or not answered:
+                    continue
+                if server in answering:
+                    del cls._down[server]
+                    ended.append(server)
+                    continue
+                if where not in down.backends:
+                    continue
+                quiet = not failed and now - down.last_failure >= QUIET_SECONDS
+                if quiet or any(key in down.probes for key in answered):
+                    del cls._down[server]
+                    ended.append(server)
+            for server, keys in failed.items():
+                if server not in cls._down:
+                    cls._down[server] = _Down(first_error[server])
+                    started.append(server)
+                down = cls._down[server]
+                down.backends.add(where)
+                down.last_failure = now
+                down.retry_at = now + cls.retry_seconds
+                down.error = first_error[server]
+                for key in keys:
+                    down.probes.pop(key, None)  # re-inserted as the newest
+                    down.probes[key] = None
+                while len(down.probes) > MAX_PROBES:
+                    del down.probes[next(iter(down.probes))]
+            for where_, server in list(cls._whole.items()):
+                if server not in cls._down:
+                    del cls._whole[where_]
+        _log_outages(started, ended, first_error)
+
+
+def _servers(
+    backend: Backend | AsyncBackend, commands: Sequence[Command], whole: str | None
+) -> list[str | None]:
+    """The server each command goes to, as the backend places it (see :class:`Placed`).
+
+    ``whole`` for a command it cannot place (``None``: unknown); always
+    ``None`` for a ``Clear``, which goes to every server.
+    """
+    place = cast("Callable[[bytes, bool], str | None] | None", getattr(backend, "server_for", None))
+    if place is not None and inspect.iscoroutinefunction(place):
+        place = None  # not a Placed backend (an object answering every attribute)
+    names: list[str | None] = []
+    for command in commands:
+        if type(command) is Clear:
+            names.append(None)
+            continue
+        name = None if place is None else place(command.key, type(command) is Get)
+        names.append(whole if name is None else name)
+    return names
+
+
+def _reads(commands: Sequence[Command]) -> bool:
+    """Whether any of ``commands`` only reads."""
+    return any(type(command) in _READS for command in commands)
+
+
+_READS: Final = frozenset({Get, Gets, Has})
+
+
+def _skipped(server: str, down: _Down, now: float) -> BackendError:
+    """The error of a command not sent to ``server``, which is down."""
+    error = BackendError(
+        f"cache server {server} is down (it failed {now - down.last_failure:.1f} s ago: "
+        f"{down.error}); not asked again for {max(down.retry_at - now, 0.0):.1f} s, "
+        "as on_backend_error='miss' fails fast",
+        server=server,
+    )
+    error.__cause__ = down.error
+    return error
+
+
+def _log_outages(started: list[str], ended: list[str], errors: dict[str, BackendError]) -> None:
+    """One WARNING per server whose outage ended or started (with its first error)."""
+    for server in ended:
+        logger.warning("cache server %s is available again", server)
+    for server in started:
+        logger.warning(
+            "cache server %s is unavailable; reads through on_backend_error='miss' "
+            "repos miss and writes raise until it answers (it is asked again every "
+            "%g s): %s",
+            server,
+            Outage.retry_seconds,
+            errors[server],
+        )
+
+
 def send_phase(backend: Backend, commands: Sequence[Command], miss_on_error: bool) -> list[object]:
     """One phase on one backend: :func:`dispatch`, outages observed if ``miss_on_error``.
 
     With ``miss_on_error`` a call that failed as a whole with ``BackendError``
     returns that error in every slot instead of raising: the plan decides what
-    each command's failure means (a read misses, a write raises).
+    each command's failure means (a read misses, a write raises). Commands for
+    a server in an outage are not sent (see :class:`Outage`): their slots hold
+    a ``BackendError`` at once.
 
     Raises:
         CacheORMError: the call as a whole failed (and ``BackendError`` only
             without ``miss_on_error``).
     """
+    gate = Outage.gate(backend, commands) if miss_on_error else None
+    if gate is None:
+        try:
+            outcome: list[object] | BackendError = dispatch(backend, commands)
+        except BackendError as err:
+            outcome = err
+        return settle_phase(backend, commands, miss_on_error, outcome)
     try:
-        outcome: list[object] | BackendError = dispatch(backend, commands)
-    except BackendError as err:
-        outcome = err
-    return settle_phase(backend, commands, miss_on_error, outcome)
+        try:
+            outcome = dispatch(backend, gate.sent) if gate.sent else []
+        except BackendError as err:
+            outcome = err
+        return settle_phase(backend, commands, miss_on_error, outcome, gate)
+    finally:
+        Outage.release(gate)
 
 
 def settle_phase(
@@ -267,19 +484,23 @@ def settle_phase(
     commands: Sequence[Command],
     miss_on_error: bool,
     outcome: list[object] | BackendError,
+    gate: Gate | None = None,
 ) -> list[object]:
     """A phase's results from its dispatch's outcome (for :func:`send_phase` and its async twin).
+
+    ``outcome`` answers the commands ``gate`` let through (all without a gate).
 
     Raises:
         BackendError: ``outcome``, a failure of the call as a whole, without ``miss_on_error``.
     """
+    sent = commands if gate is None else gate.sent
     if isinstance(outcome, BackendError):
         if not miss_on_error:
             raise outcome
-        outcome = [outcome] * len(commands)
+        outcome = [outcome] * len(sent)
     if miss_on_error:
-        Outage.observe(backend, commands, outcome)
-    return outcome
+        Outage.observe(backend, sent, outcome, gate)
+    return outcome if gate is None else gate.merged(outcome)
 
 
 async def dispatch_async(
@@ -305,11 +526,18 @@ async def send_phase_async(
     direct: bool,
 ) -> list[object]:
     """:func:`send_phase` for the async driver (see :func:`dispatch_async`)."""
+    gate = Outage.gate(backend, commands) if miss_on_error else None
     try:
-        outcome: list[object] | BackendError = await dispatch_async(backend, commands, direct)
-    except BackendError as err:
-        outcome = err
-    return settle_phase(backend, commands, miss_on_error, outcome)
+        sent = commands if gate is None else gate.sent
+        try:
+            outcome: list[object] | BackendError = (
+                await dispatch_async(backend, sent, direct) if sent else []
+            )
+        except BackendError as err:
+            outcome = err
+        return settle_phase(backend, commands, miss_on_error, outcome, gate)
+    finally:
+        Outage.release(gate)
 
 
 def _perform(plan: Generator[Y, list[object], object], step: Instruction) -> Y:
@@ -473,11 +701,17 @@ def run_many(jobs: Sequence[Job]) -> list[object]:
         for members in _next_phase(jobs, pending, touched).values():
             backend = cast("Backend", jobs[members[0]].backend)  # checked above: not async
             merged = _merged(members, pending)
+            gate = _gate(jobs, members, pending, merged)
+            sent = merged if gate is None else gate.sent
             try:
-                answers, whole = dispatch(backend, merged), None
-            except CacheORMError as err:
-                answers, whole = [err] * len(merged), err
-            for i, answer in _share(jobs, members, pending, merged, answers, whole):
+                try:
+                    answers, whole = (dispatch(backend, sent) if sent else []), None
+                except CacheORMError as err:
+                    answers, whole = [err] * len(sent), err
+                shares = _share(jobs, members, pending, merged, answers, whole, gate)
+            finally:
+                Outage.release(gate)
+            for i, answer in shares:
                 _advance(jobs[i].plan, i, answer, pending, results)
         _forget_finished(pending, touched)
     return results
@@ -517,15 +751,20 @@ async def run_many_async(jobs: Sequence[Job]) -> list[object]:
                     await advance(i, cancelled)
         for where, members in _next_phase(jobs, pending, touched).items():
             merged = _merged(members, pending)
+            gate = _gate(jobs, members, pending, merged)
+            sent = merged if gate is None else gate.sent
             try:
-                answers = await dispatch_async(jobs[members[0]].backend, merged, direct[where])
-                shares = _share(jobs, members, pending, merged, answers, None)
+                backend = jobs[members[0]].backend
+                answers = await dispatch_async(backend, sent, direct[where]) if sent else []
+                shares = _share(jobs, members, pending, merged, answers, None, gate)
             except CacheORMError as err:
-                shares = _share(jobs, members, pending, merged, [err] * len(merged), err)
+                shares = _share(jobs, members, pending, merged, [err] * len(sent), err, gate)
             except asyncio.CancelledError as err:
                 shares = [(i, err) for i in members]
                 for i in members:
                     del pending[i]
+            finally:
+                Outage.release(gate)
             for i, answer in shares:
                 await advance(i, answer)
             if cancelled is not None:
@@ -554,6 +793,7 @@ def _next_phase(
     blocked: set[tuple[int, bytes]] = set()
     held: set[int] = set()  # backends with a plan held back in this phase
     fenced: set[int] = set()  # backends behind an unfinished barrier
+    running: set[int] = set()  # backends with an earlier multi-phase plan in this phase
     groups: dict[int, list[int]] = {}
     for i in sorted(pending):
         job = jobs[i]
@@ -562,7 +802,11 @@ def _next_phase(
         if job.multi_phase:
             keys |= touched.setdefault(i, set())
             touched[i] = keys
-        wait = where in fenced or bool(keys & blocked) or (job.barrier and where in held)
+        wait = (
+            where in fenced
+            or bool(keys & blocked)
+            or (job.barrier and (where in held or where in running))
+        )
         if job.barrier:
             fenced.add(where)
         if wait:
@@ -571,6 +815,7 @@ def _next_phase(
             continue
         if job.multi_phase:
             blocked |= keys
+            running.add(where)
         groups.setdefault(where, []).append(i)
     return groups
 
@@ -580,6 +825,21 @@ def _merged(members: list[int], pending: dict[int, list[Command]]) -> list[Comma
     return [c for i in members for c in pending[i]]
 
 
+def _gate(
+    jobs: Sequence[Job],
+    members: list[int],
+    pending: dict[int, list[Command]],
+    merged: list[Command],
+) -> Gate | None:
+    """:meth:`Outage.gate` for one merged call: only miss-mode plans' commands may be skipped."""
+    if not Outage._down:
+        return None  # the hot path
+    eligible = [jobs[i].miss_on_error for i in members for _ in pending[i]]
+    if not any(eligible):
+        return None
+    return Outage.gate(jobs[members[0]].backend, merged, eligible)
+
+
 def _share(
     jobs: Sequence[Job],
     members: list[int],
@@ -587,14 +847,20 @@ def _share(
     merged: list[Command],
     answers: list[object],
     whole: CacheORMError | None,
+    gate: Gate | None = None,
 ) -> list[tuple[int, list[object] | BaseException]]:
     """Each member's answer to one merged call (``whole``: the call failed as a whole).
 
-    Observes outages for miss-mode plans and takes the members out of ``pending``.
+    ``answers`` answer the commands ``gate`` let through (all of ``merged``
+    without a gate); the skipped ones get their errors. Observes outages for
+    miss-mode plans and takes the members out of ``pending``.
     """
     outage = whole is None or isinstance(whole, BackendError)
     if outage and any(jobs[i].miss_on_error for i in members):
-        Outage.observe(jobs[members[0]].backend, merged, answers)
+        sent = merged if gate is None else gate.sent
+        Outage.observe(jobs[members[0]].backend, sent, answers, gate)
+    if gate is not None:
+        answers = gate.merged(answers)
     shares: list[tuple[int, list[object] | BaseException]] = []
     pos = 0
     for i in members:
@@ -734,6 +1000,8 @@ class Declared(NamedTuple):
     snapshot: Callable[[Never], object] | None
     """What an op keeps of the argument after the repo, e.g. ``tuple`` for an iterable that
     may be one-shot (it takes that parameter's declared type)."""
+    barrier: bool = False
+    """The plan touches keys it cannot name (``clear``): a barrier op (see :attr:`Job.barrier`)."""
 
 
 DECLARED: dict[str, Declared] = {}
@@ -745,6 +1013,7 @@ def declare(
     multi_phase: bool = False,
     draws_keys: bool = False,
     snapshot: Callable[[Never], object] | None = None,
+    barrier: bool = False,
 ) -> Callable[
     [Callable[Concatenate[Repo[R, K], P], Plan[T]]], Callable[Concatenate[Repo[R, K], P], T]
 ]:
@@ -768,13 +1037,14 @@ def declare(
         draws_keys: the plan draws ``AutoField`` keys (see :attr:`Job.barrier`).
         snapshot: applied by an op to the argument after the repo when the op
             is built, e.g. ``tuple`` for an iterable that may be one-shot.
+        barrier: the plan touches keys it cannot name (see :attr:`Job.barrier`).
     """
 
     def wrap(
         plan: Callable[Concatenate[Repo[R, K], P], Plan[T]],
     ) -> Callable[Concatenate[Repo[R, K], P], T]:
         name = plan.__name__
-        DECLARED[name] = Declared(name, plan, multi_phase, draws_keys, snapshot)
+        DECLARED[name] = Declared(name, plan, multi_phase, draws_keys, snapshot, barrier)
         return dressed(_driven(plan), plan, plan.__module__, lambda result: result)
 
     return wrap
@@ -783,7 +1053,12 @@ def declare(
 def _driven(
     plan: Callable[Concatenate[Repo[R, K], P], Plan[T]],
 ) -> Callable[Concatenate[Repo[R, K], P], T]:
-    """The synchronous function that drives ``plan`` against its repo's backend."""
+    """The synchronous function that drives ``plan`` against its repo's backend.
+
+    An instrumented repo's call runs its plan :func:`~cacheorm.stats.observed`;
+    the others pay only the ``repo.stats`` check.
+    """
+    name = plan.__name__
     kinds = [parameter.kind for parameter in inspect.signature(plan).parameters.values()]
     if kinds == [inspect.Parameter.POSITIONAL_ONLY] * 2:
         # The common shape (get, insert, delete, ...) without *args packing, which
@@ -791,6 +1066,9 @@ def _driven(
         plan_of_one = cast("Callable[[Repo[R, K], object], Plan[T]]", plan)
 
         def driven_one(repo: Repo[R, K], arg: object, /) -> T:
+            if repo.stats is not None:
+                counted = observed(name, repo, plan_of_one(repo, arg), arg)
+                return run_one(repo.sync_backend, counted, repo.on_backend_error == "miss")
             return run_one(
                 repo.sync_backend, plan_of_one(repo, arg), repo.on_backend_error == "miss"
             )
@@ -798,6 +1076,9 @@ def _driven(
         return cast("Callable[Concatenate[Repo[R, K], P], T]", driven_one)
 
     def driven(repo: Repo[R, K], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        if repo.stats is not None:
+            counted = observed(name, repo, plan(repo, *args, **kwargs), args[0] if args else None)
+            return run_one(repo.sync_backend, counted, repo.on_backend_error == "miss")
         return run_one(
             repo.sync_backend, plan(repo, *args, **kwargs), repo.on_backend_error == "miss"
         )

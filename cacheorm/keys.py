@@ -144,6 +144,7 @@ class KeyCodec:
         "_prefix_cache",
         "_prefix_tail",
         "_prepares",
+        "_shape",
         "_single",
         "_uses_default_layout",
     )
@@ -172,12 +173,14 @@ class KeyCodec:
             self._body = _default_body(texts)
             # The common case (one key field, default layout) gets a direct path.
             self._single = (self._prepares[0], texts[0]) if len(texts) == 1 else None
+            self._shape: tuple[str, str] | str = ("", "")
         else:
             for rule, field_name in zip(key_rules, key_fields, strict=True):
                 _part_text(rule, field_name)  # same scalar-only rule for custom formats
             self._prefix_tail = "" if version is None else "@" + escape_header(version) + ":"
             self._body = _format_body(key_format, key_fields, name)
             self._single = None
+            self._shape = _format_shape(key_format)
 
     def prefix(self, namespace: str) -> str:
         """The text before the key body for ``namespace`` (memoised)."""
@@ -247,6 +250,39 @@ class KeyCodec:
         prefix = escape_header(namespace) + "/" if namespace else ""
         return (prefix + self._counter_suffix).encode("utf-8")
 
+    def scope(self, namespace: str = "") -> tuple[bytes, re.Pattern[bytes] | None]:
+        """Which stored keys are this schema's records in ``namespace``: ``(prefix, shape)``.
+
+        A key is one when it starts with ``prefix`` and, if ``shape`` is given,
+        matches it in full. The default layout needs no shape: its prefix
+        (``[namespace/]Name[@version]:``, escaped) starts no other schema's,
+        namespace's or version's key, nor the ``AutoField`` counter's. A
+        ``key_format`` string gives its fixed text before the first field as
+        part of the prefix and its whole shape (fields as any text).
+
+        >>> codec = KeyCodec(name="Pair", version=None, key_fields=("a", "b"),
+        ...                  key_rules=(StringField(), StringField()), key_format="p.{a}.{b}!")
+        >>> prefix, shape = codec.scope("ns")
+        >>> prefix, bool(shape.fullmatch(b"ns/p.x.y!")), bool(shape.fullmatch(b"ns/p.x"))
+        (b'ns/p.', True, False)
+
+        Raises:
+            ValidationError: a callable ``key_format``, or one without fixed
+                text: nothing tells its keys from other keys.
+        """
+        head = self.prefix(namespace)
+        if isinstance(self._shape, str):
+            raise ValidationError(
+                f"{self._name}: cannot tell this schema's keys from other keys, as its "
+                f"key_format {self._shape}; give it fixed text (e.g. 'user:{{id}}') or use "
+                "the default layout"
+            )
+        literal, body = self._shape
+        if not body:
+            return head.encode("utf-8"), None
+        whole = (re.escape(head) + body).encode("utf-8")
+        return (head + literal).encode("utf-8"), re.compile(whole, re.DOTALL)
+
 
 Body: TypeAlias = Callable[[Sequence[object]], str]
 """Prepared key values -> the key body (the text after the header)."""
@@ -275,6 +311,36 @@ def _format_body(key_format: KeyFormat, key_fields: tuple[str, ...], name: str) 
     if names:
         return _str_format_body(key_format, names, key_fields, name)
     return _printf_body(key_format, key_fields, name)
+
+
+def _format_shape(key_format: KeyFormat) -> tuple[str, str] | str:
+    """A string ``key_format``'s fixed text before its first field, and its shape as a regex
+    (each field any text); for a format that has none, why not (see :meth:`KeyCodec.scope`)."""
+    if callable(key_format):
+        return "is a callable"
+    pieces: list[tuple[str, bool]] = []  # (literal text, a field follows)
+    if any(part[1] is not None for part in string.Formatter().parse(key_format)):
+        for literal, name, _, _ in string.Formatter().parse(key_format):
+            pieces.append((literal, name is not None))
+    else:
+        start = 0
+        for match in _PRINTF_SPEC.finditer(key_format):
+            literal = key_format[start : match.start()]
+            if match.group("conv") == "%":
+                pieces.append((literal + "%", False))
+            else:
+                pieces.append((literal, True))
+            start = match.end()
+        pieces.append((key_format[start:], False))
+    if not any(literal for literal, _ in pieces):
+        return "has no fixed text"
+    head = ""
+    for literal, then_field in pieces:
+        head += literal
+        if then_field:
+            break
+    body = "".join(re.escape(text) + (".*" if field else "") for text, field in pieces)
+    return head, body
 
 
 def _callable_body(function: Callable[..., str | bytes], name: str) -> Body:

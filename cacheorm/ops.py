@@ -32,6 +32,7 @@ from typing import Concatenate, Generic, Literal, TypeVar, cast, overload
 from cacheorm import crud
 from cacheorm.engine import DECLARED, Declared, Job, P, Plan, T, dressed, run_many
 from cacheorm.repo import K, R, Repo
+from cacheorm.stats import observed
 
 __all__ = ["Op", "execute"]
 __all__ += crud.__all__  # one op builder per public function
@@ -73,16 +74,19 @@ class Op(Generic[T_co]):
 
     @property
     def barrier(self) -> bool:
-        """Whether the op writes keys it cannot name in advance (an ``AutoField`` insert).
+        """Whether the op writes keys it cannot name in advance (an ``AutoField`` insert, a clear).
 
         :func:`execute` runs it alone in order on its backend (see
         :attr:`cacheorm.engine.Job.barrier`), so later ops see the key it drew.
         """
-        return self.declared.draws_keys and self.repo.schema.auto_key
+        declared = self.declared
+        return declared.barrier or (declared.draws_keys and self.repo.schema.auto_key)
 
     def plan(self) -> Plan[T_co]:
         """The plan that carries this op out (used by :func:`execute`)."""
         plan = self.declared.plan(self.repo, *self.args, **self.kwargs)
+        if self.repo.stats is not None:  # instrumented: counted (cacheorm.stats)
+            plan = observed(self.name, self.repo, plan, self.args[0] if self.args else None)
         return cast("Plan[T_co]", plan)  # the declaration's Plan[T] for this op's T
 
 
@@ -111,11 +115,13 @@ def op(
 
 
 add = op(crud.add)
+clear = op(crud.clear)
 delete = op(crud.delete)
 delete_many = op(crud.delete_many)
 exists = op(crud.exists)
 get = op(crud.get)
 get_many = op(crud.get_many)
+get_many_or_load = op(crud.get_many_or_load)
 get_or_load = op(crud.get_or_load)
 get_or_none = op(crud.get_or_none)
 insert = op(crud.insert)

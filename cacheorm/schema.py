@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -989,3 +990,12 @@ class Schema(Generic[R, K]):
     def counter_key(self, namespace: str = "") -> bytes:
         """The backend key of the AutoField id counter, disjoint from record keys."""
         return self._keys.counter_key(namespace)
+
+    def key_scope(self, namespace: str = "") -> tuple[bytes, re.Pattern[bytes] | None]:
+        """Which stored keys hold this schema's records in ``namespace`` (see
+        :meth:`cacheorm.keys.KeyCodec.scope`): ``(prefix, shape)``.
+
+        Raises:
+            ValidationError: a ``key_format`` that cannot tell its keys from others.
+        """
+        return self._keys.scope(namespace)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TypeVar
@@ -135,8 +136,14 @@ class SyncFacade:
     def delete_if(self, key: bytes, token: CasToken) -> bool:
         return self.runner.run(self.inner.delete_if(key, token))
 
+    def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        return self.runner.run(self.inner.clear_prefix(prefix, shape))
+
     def batch(self, commands: Sequence[Command]) -> list[object]:
         return self.runner.run(self.inner.batch(commands))
+
+    def ping(self) -> None:
+        self.runner.run(self.inner.ping())
 
     def close(self) -> None:
         try:

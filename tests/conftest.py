@@ -140,6 +140,17 @@ def make_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> c
     raise AssertionError(f"unknown backend kind {kind!r}")
 
 
+@pytest.fixture(autouse=True)
+def _no_outage_carried_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no cache server known to be down.
+
+    ``cacheorm.engine.Outage`` is process-wide, and a throwaway server's port may
+    be reused by a later test's server, which miss-mode calls would then skip.
+    """
+    monkeypatch.setattr(co.engine.Outage, "_down", {})
+    monkeypatch.setattr(co.engine.Outage, "_whole", {})
+
+
 @pytest.fixture
 def driver(request: pytest.FixtureRequest) -> str:
     """``"co"`` or ``"aio"``: the functions a suite's calls go through (pytest_generate_tests)."""

@@ -77,7 +77,7 @@ async def _closing(backend: co.MemoryBackend | co.AsyncBackend) -> None:
 
 
 def test_every_declared_function_has_a_coroutine_twin_with_its_parameters() -> None:
-    assert set(aio.__all__) == {"execute", "twin", *DECLARED}
+    assert set(aio.__all__) == {"cached", "execute", "twin", *DECLARED}
     assert set(crud.__all__) == set(DECLARED)
     for name, declared in DECLARED.items():
         twin = getattr(aio, name)

@@ -54,8 +54,13 @@ def dead(request: pytest.FixtureRequest) -> Iterator[co.Backend]:
 
 @pytest.fixture(autouse=True)
 def fresh_outages(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with no server known to be down (the record is process-wide)."""
+    """Each test starts with no server known to be down (the record is process-wide).
+
+    These tests show what each call does when its server fails: every call asks
+    the server (no fail-fast wait between probes; see tests/test_failfast.py).
+    """
     monkeypatch.setattr(co.engine.Outage, "_down", {})
+    monkeypatch.setattr(co.engine.Outage, "retry_seconds", 0.0)
 
 
 class Clock:

@@ -58,7 +58,7 @@ def test_help_shows_each_function_with_its_docstring_and_result() -> None:
     assert "Return the record stored under ``key``." in text
     assert "Raises:" in text
     load = inspect.signature(co.get_or_load)
-    assert list(load.parameters) == ["repo", "key", "loader", "lock_ttl", "wait"]
+    assert list(load.parameters) == ["repo", "key", "loader", "lock_ttl", "wait", "negative_ttl"]
     assert inspect.signature(co.ops.get_many).return_annotation == "Op[list[R | None]]"
     assert ":func:`cacheorm.get`" in (co.ops.get.__doc__ or "")
 

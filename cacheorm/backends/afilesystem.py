@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -161,13 +162,17 @@ class ThreadedBackend(SyncWrapper):
         """See :meth:`cacheorm.Backend.delete_if`."""
         return await self._finished(self.backend.delete_if, key, token)
 
+    async def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """See :meth:`cacheorm.Backend.clear_prefix`: the whole walk in one thread hop."""
+        return await self._finished(self.backend.clear_prefix, prefix, shape)
+
     async def batch(self, commands: Sequence[Command]) -> list[object]:
         """See :meth:`cacheorm.Backend.batch`: the whole batch in one thread hop."""
         return await self._finished(self.backend.batch, commands)
 
     async def ping(self) -> None:
-        """Return when the store answers (a read of an absent key)."""
-        await self._finished(self.backend.has, b"\0cacheorm-ping")
+        """See :meth:`cacheorm.Backend.ping`: the wrapped backend's check, in a worker thread."""
+        await self._finished(self.backend.ping)
 
     async def aclose(self) -> None:
         """Close the wrapped backend and stop the worker threads."""

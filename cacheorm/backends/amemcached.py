@@ -53,15 +53,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import ssl
-from typing import TYPE_CHECKING, Final, TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from cacheorm.backends import base
 from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, resolve_ttl
 from cacheorm.backends.memcached import (
     MAX_KEY_LENGTH,
+    PING_KEY,
     _cas_steps,
+    _clear_steps,
     _Closed,
     _delete_if_steps,
     _delete_job,
@@ -78,12 +81,15 @@ from cacheorm.backends.memcached import (
     _Job,
     _jobs,
     _new_client,
+    _Placed,
+    _placed_queues,
     _Placer,
     _server_name,
     _start_round,
     _Task,
     _touch_steps,
     _ttl_job,
+    _Unbatched,
     _write_expiry,
     _write_job,
     memcached_key,
@@ -98,9 +104,6 @@ __all__ = ["AsyncMemcachedBackend"]
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-_PING_KEY: Final = b"~ping"
-"""Read by :meth:`AsyncMemcachedBackend.ping`: ``memcached_key`` never makes a key like it."""
 
 
 class _Conn(asyncio.Protocol):
@@ -441,11 +444,19 @@ class AsyncMemcachedBackend:
         else:
             await asyncio.gather(*(exchange.node.run(exchange) for exchange in exchanges))
 
-    async def _execute(self, jobs: Sequence[_Job[object] | CacheORMError]) -> list[object]:
-        """Run the jobs in rounds, as the sync backend does; each result or error, in order."""
+    async def _execute(
+        self, jobs: Sequence[_Job[object] | CacheORMError], placed: _Placed[_Pool] | None = None
+    ) -> list[object]:
+        """Run the jobs in rounds, as the sync backend does; each result or error, in order.
+
+        ``placed`` (instead of ``jobs``): one-request jobs on the servers named.
+        """
         self._own_connections()
-        results: list[object] = [None] * len(jobs)
-        queues = _enqueue(jobs, results, self._room, self._place)
+        results: list[object] = [None] * len(placed if placed is not None else jobs)
+        if placed is not None:
+            queues = _placed_queues(placed)
+        else:
+            queues = _enqueue(jobs, results, self._room, self._place)
         failed: dict[_Pool, BackendError] = {}
         while queues:
             exchanges, later = _start_round(queues, failed, results)
@@ -561,7 +572,29 @@ class AsyncMemcachedBackend:
 
     async def batch(self, commands: Sequence[Command]) -> list[object]:
         """Run the commands with one pipeline per server; results (or errors) in command order."""
-        return await self._execute(_jobs(commands, self.default_ttl))
+        try:
+            jobs = _jobs(commands, self.default_ttl)
+        except _Unbatched:
+            return await base.around_clears_async(commands, self.batch, self.clear_prefix)
+        return await self._execute(jobs)
+
+    def server_for(self, key: bytes, reading: bool = False) -> str:
+        """``"host:port"`` of the server ``key`` lives on (for the engine's fail-fast outages)."""
+        return self._place(memcached_key(key)).name
+
+    async def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """See :meth:`cacheorm.MemcachedBackend.clear_prefix`: the same crawl and deletes."""
+        steps = _clear_steps(self._pools, prefix, shape)
+        try:
+            step = next(steps)
+            while True:
+                if isinstance(step, float):
+                    await asyncio.sleep(step)
+                    step = steps.send([])
+                else:
+                    step = steps.send(await self._execute((), step))
+        except StopIteration as done:
+            return cast("int", done.value)
 
     async def ping(self) -> None:
         """Return when every server answers a read.
@@ -571,7 +604,7 @@ class AsyncMemcachedBackend:
                 within the timeouts (``.server`` names it).
         """
         self._own_connections()
-        exchanges = [_Exchange(pool, [_Task(0, _get_job(_PING_KEY))]) for pool in self._pools]
+        exchanges = [_Exchange(pool, [_Task(0, _get_job(PING_KEY))]) for pool in self._pools]
         await self._converse(exchanges)
         for exchange in exchanges:
             if exchange.error is not None:

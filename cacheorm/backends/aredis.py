@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -49,6 +50,7 @@ from cacheorm.backends.redis import (
     Moved,
     Pause,
     Plan,
+    Primaries,
     RedisSetup,
     Refresh,
     Reply,
@@ -379,6 +381,10 @@ class AsyncRedisBackend(RedisSetup):
                 await self._refresh(None)
         elif isinstance(step, Refresh):
             self._refresh_soon(step.failed)
+        elif isinstance(step, Primaries):
+            assert self._cluster is not None
+            masters = self._cluster.nodes_manager.get_nodes_by_server_type("primary")
+            return [(node.host, node.port) for node in masters]
         return None
 
     async def _start(self) -> None:
@@ -625,6 +631,22 @@ class AsyncRedisBackend(RedisSetup):
     async def ping(self) -> None:
         """Return when the server (on a cluster, one node) answers; else ``BackendError``."""
         await self._drive(self._core.ping())
+
+    def server_for(self, key: bytes, reading: bool = False) -> str | None:
+        """See :meth:`cacheorm.RedisBackend.server_for` (``None`` before the slot map is read)."""
+        if self._cluster is None:
+            return self._core.server
+        try:
+            node = self._cluster.nodes_manager.get_node_from_slot(self._core.d.key_slot(key))
+        except KeyError:  # no slot map read yet
+            return None
+        except self._errors:  # the slot has no owner
+            return None
+        return str(node.name)
+
+    async def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """See :meth:`cacheorm.RedisBackend.clear_prefix`: ``SCAN`` + ``UNLINK``, alike."""
+        return await self._drive(self._core.clear(prefix, shape))
 
     async def aclose(self) -> None:
         """Close what this backend opened; a client passed in as ``client=`` stays open.

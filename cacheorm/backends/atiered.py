@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import cast
 
 from cacheorm.backends.afilesystem import SyncWrapper
 from cacheorm.backends.base import (
@@ -29,10 +31,17 @@ from cacheorm.backends.base import (
     AsyncBackend,
     Backend,
     CasToken,
+    Clear,
     Command,
     Keep,
 )
-from cacheorm.backends.tiered import NearCopies, _near_candidates, _serve_near, _spread
+from cacheorm.backends.tiered import (
+    NearCopies,
+    _far_server,
+    _near_candidates,
+    _serve_near,
+    _spread,
+)
 from cacheorm.errors import CacheORMError
 from cacheorm.repo import backend_driver
 
@@ -122,12 +131,17 @@ class InProcessAsync(SyncWrapper):
         """See :meth:`cacheorm.Backend.delete_if`."""
         return self.backend.delete_if(key, token)
 
+    async def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """See :meth:`cacheorm.Backend.clear_prefix`."""
+        return self.backend.clear_prefix(prefix, shape)
+
     async def batch(self, commands: Sequence[Command]) -> list[object]:
         """See :meth:`cacheorm.Backend.batch`."""
         return self.backend.batch(commands)
 
     async def ping(self) -> None:
-        """Always answers: the store is in this process."""
+        """See :meth:`cacheorm.Backend.ping`: the wrapped store's own check."""
+        self.backend.ping()
 
     async def aclose(self) -> None:
         """Close the store."""
@@ -383,6 +397,28 @@ class AsyncTieredBackend(NearCopies):
         finally:
             await self._drop(key)
 
+    def server_for(self, key: bytes, reading: bool = False) -> str | None:
+        """As :meth:`cacheorm.TieredBackend.server_for` (an async ``near`` is not asked)."""
+        if reading and self._lock is None and cast("Backend", self.near).has(key):
+            return None  # an in-process near holds a copy: served even while far is down
+        return _far_server(self.far, key)
+
+    async def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """As :meth:`cacheorm.TieredBackend.clear_prefix`: ``far``, then ``near``."""
+        try:
+            return await self.far.clear_prefix(prefix, shape)
+        finally:
+            await self._clear_near([Clear(prefix, shape)])
+
+    async def _clear_near(self, clears: Sequence[Clear]) -> None:
+        """Run ``clears`` on ``near`` (marked in the epoch), without hiding a far error."""
+        try:
+            async with self._changing():
+                for clear in clears:
+                    await self._near.clear_prefix(clear.prefix, clear.shape)
+        except CacheORMError:
+            logger.warning("could not clear the near cache", exc_info=True)
+
     # -- batch ------------------------------------------------------------------
 
     async def batch(self, commands: Sequence[Command]) -> list[object]:
@@ -413,7 +449,9 @@ class AsyncTieredBackend(NearCopies):
 
     async def _follow(self, commands: Sequence[Command], answers: Sequence[object]) -> None:
         """Bring ``near`` in line with far's results (see :meth:`NearCopies._latest`)."""
-        copies, drops, keys = self._follows(commands, answers)
+        clears, copies, drops, keys = self._follows(commands, answers)
+        if clears:
+            await self._clear_near(clears)
         if not keys:
             return
         try:
@@ -426,7 +464,8 @@ class AsyncTieredBackend(NearCopies):
             await self._drop(*keys)
 
     async def ping(self) -> None:
-        """Return when ``far`` answers (``near`` holds only copies)."""
+        """Return when both tiers answer: ``near``, then ``far``; else ``BackendError``."""
+        await self._near.ping()
         await self.far.ping()
 
     async def aclose(self) -> None:

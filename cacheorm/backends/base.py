@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import (
     Final,
     NamedTuple,
@@ -31,7 +31,7 @@ from typing import (
     runtime_checkable,
 )
 
-from cacheorm.errors import ValidationError
+from cacheorm.errors import CacheORMError, ValidationError
 
 _T = TypeVar("_T")
 
@@ -42,6 +42,7 @@ __all__ = [
     "CasToken",
     "Add",
     "Cas",
+    "Clear",
     "Command",
     "Delete",
     "DeleteIf",
@@ -55,11 +56,15 @@ __all__ = [
     "TTL",
     "apply",
     "apply_async",
+    "around_clears",
+    "around_clears_async",
     "INT64_MAX",
     "INT64_MIN",
     "check_delta",
     "check_token",
     "counter_sum",
+    "glob_escape",
+    "in_scope",
     "parse_counter",
     "is_int",
     "resolve_ttl",
@@ -195,8 +200,44 @@ class Incr(NamedTuple):
     delta: int
 
 
-Command: TypeAlias = Get | Gets | Set | Add | Replace | Cas | Delete | DeleteIf | Has | Incr
+class Clear(NamedTuple):
+    """Remove every key that starts with ``prefix`` (and, given ``shape``, fully matches it).
+
+    Result: ``int``, how many keys were removed (see :meth:`Backend.clear_prefix`).
+    """
+
+    prefix: bytes
+    shape: re.Pattern[bytes] | None = None
+
+    @property
+    def key(self) -> bytes:
+        """The prefix: what the engine groups and reports commands by."""
+        return self.prefix
+
+
+Command: TypeAlias = Get | Gets | Set | Add | Replace | Cas | Delete | DeleteIf | Has | Incr | Clear
 """One storage command of a plan's phase, or of :meth:`Backend.batch`."""
+
+
+def in_scope(key: bytes, prefix: bytes, shape: re.Pattern[bytes] | None) -> bool:
+    """Whether :class:`Clear` ``(prefix, shape)`` covers ``key``: the one statement of that rule.
+
+    >>> in_scope(b"Person:Sam", b"Person:", None), in_scope(b"PersonX:Sam", b"Person:", None)
+    (True, False)
+    """
+    return key.startswith(prefix) and (shape is None or shape.fullmatch(key) is not None)
+
+
+_GLOB_SPECIAL: Final = re.compile(rb"([*?\[\]\\])")
+
+
+def glob_escape(text: bytes) -> bytes:
+    r"""``text`` as a Redis glob pattern matching exactly itself (``*?[]\`` escaped).
+
+    >>> glob_escape(b"a*b[1]")
+    b'a\\*b\\[1\\]'
+    """
+    return _GLOB_SPECIAL.sub(rb"\\\1", text)
 
 
 @runtime_checkable
@@ -298,12 +339,33 @@ class Backend(Protocol):
         """Delete the key only if unchanged since ``gets`` returned ``token``."""
         ...
 
+    def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """Remove every key that :func:`in_scope` says ``(prefix, shape)`` covers.
+
+        Every other key is left alone. Not atomic: the store is walked in
+        batches, so a key written meanwhile may survive (as with Redis
+        ``SCAN``). Returns how many keys were removed.
+        """
+        ...
+
     def batch(self, commands: Sequence[Command]) -> list[object]:
         """Run the commands in as few round trips as the store allows.
 
         Results are returned in order; a command that failed on its own has the
         exception (a :class:`cacheorm.CacheORMError`) in its slot instead of
         raising, so one bad command does not hide the others' results.
+        """
+        ...
+
+    def ping(self) -> None:
+        """Return when the store answers; raise :class:`cacheorm.BackendError` when it cannot.
+
+        A health check for start-up and readiness probes: it does one small
+        round trip to every server the backend uses (each node of a memcached
+        pool, both tiers of a tiered backend), or checks that a cache
+        directory can be written, and changes no stored value. The error's
+        ``server`` names the server that failed (``"host:port"``) where there
+        is one.
         """
         ...
 
@@ -402,6 +464,10 @@ class AsyncBackend(Protocol):
         """See :meth:`Backend.delete_if`."""
         ...
 
+    async def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """See :meth:`Backend.clear_prefix`."""
+        ...
+
     async def batch(self, commands: Sequence[Command]) -> list[object]:
         """See :meth:`Backend.batch`."""
         ...
@@ -445,6 +511,8 @@ def apply(backend: Backend, command: Command) -> object:
             return backend.has(command.key)
         case Incr():
             return backend.incr(command.key, command.delta)
+        case Clear():
+            return backend.clear_prefix(command.prefix, command.shape)
         case _:
             assert_never(command)
 
@@ -473,8 +541,58 @@ async def apply_async(backend: AsyncBackend, command: Command) -> object:
             return await backend.has(command.key)
         case Incr():
             return await backend.incr(command.key, command.delta)
+        case Clear():
+            return await backend.clear_prefix(command.prefix, command.shape)
         case _:
             assert_never(command)
+
+
+def around_clears(
+    commands: Sequence[Command],
+    batch: Callable[[Sequence[Command]], list[object]],
+    clear: Callable[[bytes, re.Pattern[bytes] | None], int],
+) -> list[object]:
+    """A batch holding :class:`Clear` commands, in order: the commands between them
+    through ``batch``, each clear through ``clear`` (its error in its slot).
+
+    For a backend whose batch cannot pipeline a clear (it takes round trips of its own).
+    """
+    results: list[object] = []
+    start = 0
+    for index, command in enumerate(commands):
+        if isinstance(command, Clear):
+            if index > start:
+                results += batch(commands[start:index])
+            try:
+                results.append(clear(command.prefix, command.shape))
+            except CacheORMError as err:
+                results.append(err)
+            start = index + 1
+    if start < len(commands):
+        results += batch(commands[start:])
+    return results
+
+
+async def around_clears_async(
+    commands: Sequence[Command],
+    batch: Callable[[Sequence[Command]], Awaitable[list[object]]],
+    clear: Callable[[bytes, re.Pattern[bytes] | None], Awaitable[int]],
+) -> list[object]:
+    """:func:`around_clears` for an :class:`AsyncBackend`."""
+    results: list[object] = []
+    start = 0
+    for index, command in enumerate(commands):
+        if isinstance(command, Clear):
+            if index > start:
+                results += await batch(commands[start:index])
+            try:
+                results.append(await clear(command.prefix, command.shape))
+            except CacheORMError as err:
+                results.append(err)
+            start = index + 1
+    if start < len(commands):
+        results += await batch(commands[start:])
+    return results
 
 
 # Signed 64-bit: what Redis counters, msgpack, protobuf int64 and most JSON

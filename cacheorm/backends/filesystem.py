@@ -73,6 +73,28 @@ def _decode(data: bytes, key: bytes) -> Entry | None:
     return Entry(data[end:], expires, version)
 
 
+def _key_in(path: Path) -> bytes | None:
+    """The key a value file's header names; ``None`` for a file gone or not of ours.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_HEADER.size + 256)
+            if len(head) < _HEADER.size:
+                return None
+            magic, _, _, key_length = _HEADER.unpack_from(head)
+            if magic != _MAGIC:
+                return None
+            end = _HEADER.size + key_length
+            if len(head) < end:
+                head += file.read(end - len(head))
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    return head[_HEADER.size : end] if len(head) >= end else None
+
+
 def _encode(key: bytes, entry: Entry) -> bytes:
     header = _HEADER.pack(_MAGIC, entry.version, entry.expires, len(key))
     return b"".join((header, key, entry.value))
@@ -227,8 +249,42 @@ class _Files:
         self.write_lock.unsynced = self.durable
         return True
 
+    def probe(self) -> None:
+        """Create and remove a file in the directory: what every write needs to work.
+
+        Raises:
+            BackendError: the directory is missing, not a directory, or not writable.
+        """
+        # A temp-file name: if the process dies in between, the sweep removes it.
+        probe = self.directory / f"{_TMP_PREFIX}ping-{os.getpid()}-{threading.get_ident()}"
+        try:
+            with open(probe, "wb"):
+                pass
+            probe.unlink()
+        except OSError as err:
+            raise BackendError(
+                f"cache directory {self.directory} cannot be written: {err}; check that it "
+                "exists and that this process may create files in it"
+            ) from err
+
     def close(self) -> None:
         self.write_lock.close()
+
+    def stored_keys(self) -> list[bytes]:
+        """The key of every value file (read from its header; foreign files are skipped)."""
+        try:
+            with os.scandir(self.directory) as entries:
+                names = [
+                    item.name
+                    for item in entries
+                    if len(item.name) == _NAME_LENGTH and not item.name.startswith(".")
+                ]
+            found = [_key_in(self.directory / name) for name in names]
+        except OSError as err:
+            raise BackendError(f"cannot list cache directory {self.directory}: {err}") from err
+        return [
+            key for key, name in zip(found, names, strict=True) if key and _filename(key) == name
+        ]
 
     def _scan(self, evict: bool) -> None:
         """Remove dead writers' temp files; with ``evict``, make room under ``max_items``.
@@ -350,6 +406,14 @@ class FileSystemBackend(LocalBackend):
     def durable(self) -> bool:
         """Whether every write is fsynced before it returns."""
         return self._files.durable
+
+    def ping(self) -> None:
+        """Return when the directory can be written (a probe file is created and removed).
+
+        Raises:
+            BackendError: the directory was removed, replaced or made read-only.
+        """
+        self._files.probe()
 
     def close(self) -> None:
         """Close the lock file. The files stay: they are the cache."""

@@ -11,6 +11,7 @@ A store plugs in as a :class:`Storage`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol, TypeAlias, assert_never
@@ -95,6 +96,10 @@ class Storage(Protocol):
         """Drop ``key``'s entry, expired or not. Return whether there was one."""
         ...
 
+    def stored_keys(self) -> list[bytes]:
+        """Every key with an entry, expired or not (for :meth:`LocalBackend.clear_prefix`)."""
+        ...
+
     def close(self) -> None:
         """Release what the storage holds."""
         ...
@@ -109,6 +114,7 @@ _Other: TypeAlias = (
     | base.DeleteIf
     | base.Has
     | base.Incr
+    | base.Clear
 )
 """The commands a batch runs through ``LocalBackend._run``: all but ``Get`` and ``Set``."""
 
@@ -262,6 +268,16 @@ class LocalBackend:
         with self._storage.write_lock:
             return self._delete_if(key, token)
 
+    def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """Remove every key that ``(prefix, shape)`` covers (see :func:`base.in_scope`).
+
+        Atomic, under the write lock: it looks at every key of the store once
+        (a filesystem store reads each file's header). Returns how many live
+        entries were removed (expired ones go too, uncounted).
+        """
+        with self._storage.write_lock:
+            return self._clear(prefix, shape)
+
     def batch(self, commands: Sequence[Command]) -> list[object]:
         """Run the commands in order, atomically: under the write lock throughout.
 
@@ -320,8 +336,14 @@ class LocalBackend:
                 return self._storage.peek(command.key) is not None
             case base.Incr():
                 return self._incr(command.key, check_delta(command.delta))
+            case base.Clear():
+                return self._clear(command.prefix, command.shape)
             case _:
                 assert_never(command)
+
+    def _clear(self, prefix: bytes, shape: re.Pattern[bytes] | None) -> int:
+        keys = self._storage.stored_keys()
+        return sum(self._delete(key) for key in keys if base.in_scope(key, prefix, shape))
 
     def _expiry(self, seconds: int) -> float:
         return self._storage.clock() + seconds if seconds else 0.0

@@ -62,6 +62,7 @@ from typing import (
     assert_never,
     cast,
 )
+from urllib.parse import unquote_to_bytes
 
 from cacheorm.backends import base
 from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, resolve_ttl
@@ -105,6 +106,9 @@ _MAX_DEADLINE: Final = 2**32 - 1
 
 _CAS_RETRIES: Final = 64
 
+PING_KEY: Final = b"~ping"
+"""The key ``ping`` reads on every server: :func:`memcached_key` never makes a key like it."""
+
 _EXPIRING: Final = 0.001
 """Remaining seconds reported for an item memcached still serves past its deadline."""
 
@@ -146,6 +150,25 @@ def memcached_key(key: bytes) -> bytes:
     if len(key) <= _MAX_B64_SOURCE:
         return _B64_PREFIX + base64.urlsafe_b64encode(key)
     return _HASH_PREFIX + base64.urlsafe_b64encode(hashlib.sha256(key).digest())
+
+
+def original_key(key: bytes) -> bytes | None:
+    """The key that :func:`memcached_key` mapped to ``key``: its inverse.
+
+    ``None`` for a hashed key (``~h``: a key over 186 bytes that memcached
+    could not take as it is; its original cannot be recovered) and for a key
+    :func:`memcached_key` never makes.
+
+    >>> original_key(memcached_key(b"a b")), original_key(b"person:Sam")
+    (b'a b', b'person:Sam')
+    """
+    if key.startswith(_B64_PREFIX):
+        try:
+            original = base64.b64decode(key[len(_B64_PREFIX) :], altchars=b"-_", validate=True)
+        except ValueError:  # binascii.Error included
+            return None
+        return original if memcached_key(original) == key else None
+    return key if _PLAIN_KEY.fullmatch(key) is not None else None
 
 
 def _server_name(server: tuple[str, int] | str) -> str:
@@ -196,8 +219,30 @@ class _Line(NamedTuple):
     """The answers that are not errors (for counters, a number as well)."""
 
 
-_Reply: TypeAlias = "_Item | bytes | None"
-"""A request's reply: the item or ``None`` for a :class:`_Fetch`, the line for a :class:`_Line`."""
+class _Listing(NamedTuple):
+    """A command answered with lines and ``END`` (``stats``, ``lru_crawler metadump all``).
+
+    Sent alone: memcached refuses a metadump pipelined behind other commands.
+    Each line (its line end removed) goes through ``pick``, and what it
+    returns (``None``: nothing) is kept, so memory follows what is picked, not
+    the size of the store: a metadump streams one line per item.
+    """
+
+    command: bytes
+    pick: Callable[[bytes], bytes | None]
+
+
+_METADUMP: Final = b"lru_crawler metadump all"
+_LISTING_ERRORS: Final = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR", b"BUSY")
+
+
+class _Busy(BackendError):
+    """A server's LRU crawler is busy (another client's metadump): ask again a little later."""
+
+
+_Reply: TypeAlias = "_Item | bytes | list[bytes] | None"
+"""A request's reply: the item or ``None`` for a :class:`_Fetch`, the line for a
+:class:`_Line`, the picked lines for a :class:`_Listing`."""
 
 _Steps: TypeAlias = Generator["_Fetch | _Line", _Reply, _T]
 """A command as a generator: it yields requests, is sent their replies, returns its result.
@@ -218,7 +263,7 @@ class _Job(NamedTuple, Generic[_T_co]):
     key: bytes
     final: bool
     steps: _Steps[_T_co] | None = None
-    request: _Fetch | _Line | None = None
+    request: _Fetch | _Line | _Listing | None = None
     finish: Callable[[_Reply], _T_co] | None = None
 
 
@@ -311,6 +356,14 @@ def _gets_job(key: bytes) -> _Job[tuple[bytes, CasToken] | None]:
 
 def _ttl_job(key: bytes) -> _Job[tuple[bytes, float] | None]:
     return _Job(key, True, request=_Fetch(key, False), finish=_lifetime_of)
+
+
+def _keys_of(reply: _Reply) -> list[bytes]:
+    return cast("list[bytes]", reply)
+
+
+def _listing_job(request: _Listing) -> _Job[list[bytes]]:
+    return _Job(b"", True, request=request, finish=_keys_of)
 
 
 def _delete_job(key: bytes) -> _Job[bool]:
@@ -478,6 +531,8 @@ class _Node:
 
 
 _NO_REQUEST: Final = _Fetch(b"", False)
+_LISTING: Final = frozenset({b"listing"})
+"""The ``wanted`` of a :class:`_Listing`'s group in an :class:`_Exchange` (told by identity)."""
 
 
 class _Task:
@@ -491,7 +546,7 @@ class _Task:
         self.final = job.final
         self.steps = job.steps
         self.finish = job.finish
-        self.request: _Fetch | _Line = job.request or _NO_REQUEST
+        self.request: _Fetch | _Line | _Listing = job.request or _NO_REQUEST
 
 
 class _Desync(Exception):
@@ -566,6 +621,7 @@ class _Exchange(Generic[_N]):
         "found",
         "group",
         "groups",
+        "kept",
         "need",
         "node",
         "out",
@@ -583,7 +639,8 @@ class _Exchange(Generic[_N]):
         self.need = 0
         self.group = 0
         self.found: dict[bytes, _Item] = {}
-        self.replies: list[_Item | bytes | CacheORMError | None] = []
+        self.kept: list[bytes] = []  # what a listing picked so far
+        self.replies: list[_Item | bytes | list[bytes] | CacheORMError | None] = []
         self.error: BackendError | None = None
         self.reason = ""
         self.deadline = math.inf
@@ -600,6 +657,8 @@ class _Exchange(Generic[_N]):
             if isinstance(request, _Line):
                 part = request.verb + b" " + prefix + request.key + request.tail
                 stop, wanted = index + 1, None
+            elif isinstance(request, _Listing):
+                part, stop, wanted = request.command + b"\r\n", index + 1, _LISTING
             else:
                 stop, cas, keys = index, False, []
                 while stop < count:
@@ -633,6 +692,12 @@ class _Exchange(Generic[_N]):
         try:
             while self.group < len(groups):
                 start, stop, wanted = groups[self.group]
+                if wanted is _LISTING:
+                    group = self.group
+                    pos = self._listed(pos, cast("_Listing", self.tasks[start].request))
+                    if self.group == group:
+                        return  # the rest of the dump is still on its way
+                    continue
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
                     return
@@ -648,6 +713,40 @@ class _Exchange(Generic[_N]):
                 self.group += 1
         finally:
             del buf[:pos]
+
+    def _listed(self, pos: int, request: _Listing) -> int:
+        """Take the complete lines of a listing at ``pos``; return where they end.
+
+        What ``request.pick`` keeps is gathered in :attr:`kept`; the reply (that,
+        or the error the server gave) is added at ``END``. (A metadump ends its
+        lines with ``\\n`` alone, everything else with ``\\r\\n``.)
+        """
+        buf, pick, kept = self.buf, request.pick, self.kept
+        while True:
+            eol = buf.find(b"\n", pos)
+            if eol < 0:
+                return pos
+            line = bytes(buf[pos : eol - 1 if buf[eol - 1] == 13 else eol])  # 13: "\\r"
+            pos = eol + 1
+            if line == b"END" or line.startswith(_LISTING_ERRORS):
+                self.replies.append(kept if line == b"END" else self._listing_error(line, request))
+                self.kept = []
+                self.group += 1
+                return pos
+            picked = pick(line)
+            if picked is not None:
+                kept.append(picked)
+
+    def _listing_error(self, line: bytes, request: _Listing) -> BackendError:
+        """The error of a listing the server refused (``BUSY``: another client's crawl runs)."""
+        name, text = self.node.name, line.decode("ascii", "replace")
+        if line.startswith(b"BUSY"):
+            return _Busy(f"memcached {name}: {text}", server=name)
+        return BackendError(
+            f"memcached {name} refused `{request.command.decode()}`: {text}; clear needs "
+            "memcached 1.4.31 or later with its LRU crawler enabled (not -X, not no_lru_crawler)",
+            server=name,
+        )
 
     def _value(self, pos: int, eol: int, wanted: frozenset[bytes]) -> int:
         """Take the item whose ``VALUE`` line is at ``pos``; return where it ends (-1: not in yet).
@@ -710,7 +809,7 @@ class _Exchange(Generic[_N]):
         error = self.error
         assert error is not None
         request = self.tasks[index].request
-        if isinstance(request, _Fetch) or self.sent < self.ends[index]:
+        if isinstance(request, _Fetch | _Listing) or self.sent < self.ends[index]:
             return error  # a read, or a write the server never received in full
         return _backend_error(
             f"memcached {self.node.name} {self.reason} after `{request.verb.decode()} "
@@ -1050,7 +1149,9 @@ class MemcachedBackend:
             node.client.close()
         self._pid = os.getpid()
 
-    def _execute(self, jobs: Sequence[_Job[object] | CacheORMError]) -> list[object]:
+    def _execute(
+        self, jobs: Sequence[_Job[object] | CacheORMError], placed: _Placed[_Node] | None = None
+    ) -> list[object]:
         """Run the jobs, pipelined per server; return each result or error, in order.
 
         Each round sends every server the next request of each of its commands,
@@ -1058,12 +1159,16 @@ class MemcachedBackend:
         that may still send another request (so one key's commands run in order);
         servers are independent, so their commands may run in any relative order.
         A server that failed fails the rest of the call's commands for it at once.
+        ``placed`` (instead of ``jobs``): one-request jobs on the servers named.
         """
-        results: list[object] = [None] * len(jobs)
+        results: list[object] = [None] * len(placed if placed is not None else jobs)
         with self._lock:
             if self._pid != os.getpid():
                 self._forget_connections()
-            queues = _enqueue(jobs, results, self._room, self._place)
+            if placed is not None:
+                queues = _placed_queues(placed)
+            else:
+                queues = _enqueue(jobs, results, self._room, self._place)
             failed: dict[_Node, BackendError] = {}
             try:
                 while queues:
@@ -1217,7 +1322,68 @@ class MemcachedBackend:
         :class:`~cacheorm.BackendError` (``.server`` names it) after one timeout,
         while the keys of the other servers are served.
         """
-        return self._execute(_jobs(commands, self.default_ttl))
+        try:
+            jobs = _jobs(commands, self.default_ttl)
+        except _Unbatched:
+            return base.around_clears(commands, self.batch, self.clear_prefix)
+        return self._execute(jobs)
+
+    def server_for(self, key: bytes, reading: bool = False) -> str:
+        """``"host:port"`` of the server ``key`` lives on (for the engine's fail-fast outages)."""
+        return self._place(memcached_key(key)).name
+
+    def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """Remove every key under ``prefix`` (matching ``shape``) from every server.
+
+        memcached cannot list keys with ``get``; since 1.4.31 its LRU crawler
+        can: ``lru_crawler metadump all`` streams every key a server holds.
+        Every server is crawled at once, and the keys in scope (told apart by
+        decoding :func:`memcached_key`'s encoding) are deleted where they were
+        found, pipelined in rounds of :data:`CLEAR_BATCH`. A crawl costs
+        O(items on the server) (the crawler walks memory in the server's own
+        threads and streams the keys: one line of about 70 bytes per item); a
+        key written while it runs may survive, as with Redis ``SCAN``. It adds
+        nothing to any other operation. Only one crawl runs per server at a
+        time: a server busy with another client's waits up to about 6 s.
+
+        Keys that :func:`memcached_key` had to hash (over 186 bytes and not
+        printable ASCII) cannot be told apart and are left to expire.
+
+        Raises:
+            BackendError: a server could not be crawled (an older memcached,
+                ``-o no_lru_crawler``) or failed; the other servers are cleared.
+        """
+        steps = _clear_steps(self._nodes, prefix, shape)
+        try:
+            step = next(steps)
+            while True:
+                if isinstance(step, float):
+                    time.sleep(step)
+                    step = steps.send([])
+                else:
+                    step = steps.send(self._execute((), step))
+        except StopIteration as done:
+            return cast("int", done.value)
+
+    def ping(self) -> None:
+        """Return when every server answers a read (of a key no record uses), all at once.
+
+        Raises:
+            BackendError: a server cannot be reached or does not answer within
+                the timeouts (``.server`` names the first such server).
+        """
+        exchanges = [_Exchange(node, [_Task(0, _get_job(PING_KEY))]) for node in self._nodes]
+        with self._lock:
+            if self._pid != os.getpid():
+                self._forget_connections()
+            try:
+                _converse(exchanges)
+            except BaseException:
+                self._forget_connections()  # as in _execute: never reuse a socket mid-reply
+                raise
+        for exchange in exchanges:
+            if exchange.error is not None:
+                raise exchange.error
 
     def close(self) -> None:
         """Close the connections this backend opened; the backend is unusable after.
@@ -1273,13 +1439,15 @@ def _job(command: Command, default: int) -> _Job[object]:
             return _Job(k, True, _delete_if_steps(k, command.token))
         case base.Incr():
             return _Job(k, False, _incr_steps(k, command.delta))
+        case base.Clear():
+            raise _Unbatched  # the batch runs it on its own (see base.around_clears)
         case _:
             assert_never(command)
 
 
 def _advance(
     task: _Task,
-    reply: _Item | bytes | CacheORMError | None,
+    reply: _Item | bytes | list[bytes] | CacheORMError | None,
     results: list[object],
     server: str | None,
 ) -> bool:
@@ -1321,6 +1489,123 @@ def _round(
     exchanges, later = _start_round(queues, failed, results)
     _converse(exchanges)
     return _end_round(exchanges, failed, results, later)
+
+
+CLEAR_BATCH: Final = 2000
+"""Deletes sent per round by :func:`_clear_steps` (spread over the servers, pipelined)."""
+
+_BUSY_PAUSES: Final = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2)
+"""Pauses before asking again a server whose LRU crawler is busy (about 6 s in all)."""
+
+_Placed: TypeAlias = "list[tuple[_N, _Job[object]]]"
+"""Jobs each on the server named: what a step of :func:`_clear_steps` asks to run."""
+
+
+def _clear_steps(
+    nodes: Sequence[_N], prefix: bytes, shape: re.Pattern[bytes] | None
+) -> Generator[_Placed[_N] | float, list[object], int]:
+    """``clear_prefix`` without I/O: yields jobs to run (answered with their results) or pauses.
+
+    First every server lists its keys at once (``lru_crawler metadump all``),
+    keeping those whose original key (see :func:`original_key`) is in scope.
+    A server's crawler serves one metadump at a time, and memcached 1.6 may
+    hold a second request (and the worker thread serving its connection)
+    until the first is read to its end, which takes as long as its client
+    does: so ``stats`` is asked first, and a server whose crawler is running
+    (``lru_crawler_running 1``) is asked again after a pause, as is one that
+    answers ``BUSY``. Then the kept keys are deleted on the server that
+    listed them, in pipelined rounds of :data:`CLEAR_BATCH`. A server that
+    failed keeps its keys; the others are cleared, then its error is raised.
+
+    Returns:
+        How many keys were deleted.
+
+    Raises:
+        BackendError: a server could not list or delete its keys, or its
+            crawler stayed busy (about 6 s).
+    """
+
+    def picker(node_prefix: bytes) -> Callable[[bytes], bytes | None]:
+        def pick(line: bytes) -> bytes | None:
+            if not line.startswith(b"key="):
+                return None
+            end = line.find(b" ")
+            key = unquote_to_bytes(line[4:] if end < 0 else line[4:end])
+            if not key.startswith(node_prefix):
+                return None
+            key = key[len(node_prefix) :]
+            original = original_key(key)
+            return key if original is not None and base.in_scope(original, prefix, shape) else None
+
+        return pick
+
+    failure: CacheORMError | None = None
+    found: list[tuple[_N, bytes]] = []
+    asking = list(nodes)
+    for pause in (*_BUSY_PAUSES, None):
+        busy: list[_N] = []
+        idle: list[_N] = []
+        states = yield [(node, _listing_job(_CRAWLER_STATE)) for node in asking]
+        for node, state in zip(asking, states, strict=True):
+            if isinstance(state, CacheORMError):
+                failure = failure or state
+            elif _CRAWLING in cast("list[bytes]", state):
+                busy.append(node)
+            else:
+                idle.append(node)
+        dumps: list[object] = []
+        if idle:
+            dumps = yield [
+                (node, _listing_job(_Listing(_METADUMP, picker(node.prefix)))) for node in idle
+            ]
+        for node, result in zip(idle, dumps, strict=True):
+            if isinstance(result, _Busy):
+                busy.append(node)
+            elif isinstance(result, CacheORMError):
+                failure = failure or result
+            else:
+                found += [(node, key) for key in cast("list[bytes]", result)]
+        if not busy:
+            break
+        if pause is None:
+            failure = failure or _Busy(
+                f"memcached {busy[0].name}: its LRU crawler stayed busy (another client's "
+                "`lru_crawler metadump`?); clear again later",
+                server=busy[0].name,
+            )
+            break
+        asking = busy
+        yield pause
+    count = 0
+    for start in range(0, len(found), CLEAR_BATCH):
+        chunk = found[start : start + CLEAR_BATCH]
+        results = yield [(node, _delete_job(key)) for node, key in chunk]
+        for result in results:
+            if isinstance(result, CacheORMError):
+                failure = failure or result
+            elif result:
+                count += 1
+    if failure is not None:
+        raise failure
+    return count
+
+
+_CRAWLER_STATE: Final = _Listing(
+    b"stats", lambda line: line if line.startswith(b"STAT lru_crawler_running ") else None
+)
+_CRAWLING: Final = b"STAT lru_crawler_running 1"
+
+
+def _placed_queues(placed: _Placed[_N]) -> dict[_N, list[_Task]]:
+    """The queues of jobs already placed (one request each, on the server named)."""
+    queues: dict[_N, list[_Task]] = {}
+    for slot, (node, job) in enumerate(placed):
+        queues.setdefault(node, []).append(_Task(slot, job))
+    return queues
+
+
+class _Unbatched(Exception):
+    """A :class:`~cacheorm.backends.base.Clear` met in a batch: it runs on its own."""
 
 
 def _enqueue(

@@ -62,6 +62,9 @@ class _Entries:
     def remove(self, key: bytes) -> bool:
         return self.data.pop(key, None) is not None
 
+    def stored_keys(self) -> list[bytes]:
+        return list(self.data)
+
     def close(self) -> None:
         with self.write_lock:
             self.data.clear()
@@ -107,6 +110,9 @@ class MemoryBackend(LocalBackend):
     def max_items(self) -> int | None:
         """The most entries kept (``None`` = unbounded)."""
         return self._entries.max_items
+
+    def ping(self) -> None:
+        """Return at once: the store is this process's memory, so it always answers."""
 
     def close(self) -> None:
         """Drop every entry. The backend holds no other resources."""

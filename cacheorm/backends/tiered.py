@@ -24,9 +24,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Final, Protocol, assert_never
+from typing import Final, Protocol, assert_never, cast
 
 from cacheorm.backends import base
 from cacheorm.backends.base import KEEP_TTL, TTL, Backend, CasToken, Command, Keep, resolve_ttl
@@ -69,9 +70,24 @@ def _near_candidates(commands: Sequence[Command]) -> tuple[list[int], list[int]]
                 | base.Incr()
             ):
                 written.add(command.key)
+            case base.Clear():
+                written = _EVERY_KEY  # keys it cannot name: every later get goes to far
             case _:
                 assert_never(command)
     return candidates, remote
+
+
+class _EveryKey(set[bytes]):
+    """A set holding every key (``written`` after a :class:`~cacheorm.backends.base.Clear`)."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def add(self, key: bytes) -> None:
+        return None
+
+
+_EVERY_KEY: Final = _EveryKey()
 
 
 def _serve_near(
@@ -114,6 +130,12 @@ def _shorter(a: int, b: int) -> int:
     if b == 0:
         return a
     return min(a, b)
+
+
+def _far_server(far: object, key: bytes) -> str | None:
+    """``far.server_for(key)`` when ``far`` can place keys (see ``cacheorm.engine.Placed``)."""
+    place = getattr(far, "server_for", None)
+    return None if place is None else cast("str | None", place(key))
 
 
 class _HasDefaultTTL(Protocol):
@@ -185,9 +207,11 @@ class NearCopies:
 
     def _follows(
         self, commands: Sequence[Command], answers: Sequence[object]
-    ) -> tuple[dict[int, dict[bytes, bytes]], list[bytes], list[bytes]]:
-        """How ``near`` follows far's batch results: copies per TTL, drops, all keys touched."""
-        final = self._latest(commands, answers)
+    ) -> tuple[list[base.Clear], dict[int, dict[bytes, bytes]], list[bytes], list[bytes]]:
+        """How ``near`` follows far's batch results: clears (first), copies per TTL, drops,
+        and every key touched."""
+        clears: list[base.Clear] = []
+        final = self._latest(commands, answers, clears)
         copies: dict[int, dict[bytes, bytes]] = {}
         drops: list[bytes] = []
         for key, copy in final.items():
@@ -195,16 +219,18 @@ class NearCopies:
                 drops.append(key)
             else:
                 copies.setdefault(copy[1], {})[key] = copy[0]
-        return copies, drops, list(final)
+        return clears, copies, drops, list(final)
 
     def _latest(
-        self, commands: Sequence[Command], answers: Sequence[object]
+        self, commands: Sequence[Command], answers: Sequence[object], clears: list[base.Clear]
     ) -> dict[bytes, tuple[bytes, int] | None]:
         """Each key's near copy (value, TTL) after far's batch results, or ``None`` to drop.
 
         A stored value is copied (unless its TTL was kept: its lifetime is
         unknown); anything else that touched a key (deletes, counters, ``gets``,
-        failures) drops the near copy. The last command on a key decides.
+        failures) drops the near copy. The last command on a key decides. A
+        :class:`~cacheorm.backends.base.Clear` is put in ``clears`` (to run on
+        ``near`` before the copies) and drops the copies of earlier commands it covers.
         """
         final: dict[bytes, tuple[bytes, int] | None] = {}
         near_ttls: dict[int | None, int] = {}  # far TTL -> near TTL, computed once per batch
@@ -233,6 +259,11 @@ class NearCopies:
                     | base.Incr()
                 ):
                     final[command.key] = None  # failed, kept its TTL, or not a value: drop
+                case base.Clear():
+                    clears.append(command)
+                    for key in final:
+                        if base.in_scope(key, command.prefix, command.shape):
+                            final[key] = None
                 case _:
                     assert_never(command)
         return final
@@ -480,6 +511,37 @@ class TieredBackend(NearCopies):
         finally:
             self._drop(key)
 
+    def server_for(self, key: bytes, reading: bool = False) -> str | None:
+        """``far``'s server for ``key``, if ``far`` can tell (for the engine's fail-fast outages).
+
+        ``None`` for a read (``reading``) that ``near`` holds a copy of: while
+        ``far``'s server is down, miss-mode calls skip the tier for the other
+        keys, and near copies are still served.
+        """
+        if reading and self.near.has(key):
+            return None
+        return _far_server(self.far, key)
+
+    def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
+        """Clear ``far``, then ``near`` (even if ``far`` failed); return how many ``far`` held.
+
+        Other processes' near tiers keep their copies until they expire (at most
+        ``near_ttl`` seconds, :data:`FILL_TTL` when unset).
+        """
+        try:
+            return self.far.clear_prefix(prefix, shape)
+        finally:
+            self._clear_near([base.Clear(prefix, shape)])
+
+    def _clear_near(self, clears: Sequence[base.Clear]) -> None:
+        """Run ``clears`` on ``near`` (marked in the epoch), without hiding a far error."""
+        try:
+            with self._changing():
+                for clear in clears:
+                    self.near.clear_prefix(clear.prefix, clear.shape)
+        except CacheORMError:
+            logger.warning("could not clear the near cache", exc_info=True)
+
     # -- batch ------------------------------------------------------------------
 
     def batch(self, commands: Sequence[Command]) -> list[object]:
@@ -518,7 +580,9 @@ class TieredBackend(NearCopies):
 
     def _follow(self, commands: Sequence[Command], answers: Sequence[object]) -> None:
         """Bring ``near`` in line with far's results (see :meth:`NearCopies._latest`)."""
-        copies, drops, keys = self._follows(commands, answers)
+        clears, copies, drops, keys = self._follows(commands, answers)
+        if clears:
+            self._clear_near(clears)
         if not keys:
             return
         try:
@@ -529,6 +593,11 @@ class TieredBackend(NearCopies):
                     self.near.delete_many(*drops)
         except CacheORMError:
             self._drop(*keys)
+
+    def ping(self) -> None:
+        """Return when both tiers answer: ``near``, then ``far``; else ``BackendError``."""
+        self.near.ping()
+        self.far.ping()
 
     def close(self) -> None:
         """Close ``far``, then ``near`` (both, even if the first fails)."""

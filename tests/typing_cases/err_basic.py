@@ -25,7 +25,7 @@ found: list[Person] = co.get_many(people, ["Sam"])  # E: Incompatible types in a
 count: bool = co.delete_many(people, ["Sam"])  # E: Incompatible types in assignment
 wrong_repo: co.Repo[Person, int] = people  # E: Incompatible types in assignment
 co.modify(people, "Sam", lambda p: p.height)  # E: Argument 3 to "modify" has incompatible type "Callable[[Person], float]"  # E: Incompatible return value type (got "float", expected "Person")
-co.get_or_load(people, "Sam", lambda name: None)  # E: Argument 3 to "get_or_load" has incompatible type  # E: Incompatible return value type (got "None", expected "Person")
+co.get_or_load(people, "Sam", lambda name: name)  # E: Argument 3 to "get_or_load" has incompatible type  # E: Incompatible return value type (got "str", expected "Person | None")
 co.ops.get(people, 1)  # E[plain]: Cannot infer function type argument  # E[plugin]: Argument 2 to "get" has incompatible type "int"; expected "str"
 bad: list[Person] = co.execute(co.ops.get(people, "Sam"), co.ops.exists(people, "Sam"))  # E: Argument 2 to "execute" has incompatible type "Op[bool]"
 co.execute(co.ops.get(people, "Sam"), raise_on_error=False)[0].name  # E: Item "Exception" of "Person | Exception" has no attribute "name"
