@@ -37,10 +37,15 @@ classes, never for its sockets. Measured on loopback, one task: ``get`` in
 219 µs (which do less: one server, no flags or placement).
 
 **Cancellation.** A call cancelled at any ``await`` (``task.cancel()``,
-``asyncio.timeout``) closes every connection whose exchange it interrupted;
-only connections whose replies were read in full go back to their pool, so
-no later call can read an earlier call's reply. What the server may have run
-stays run, as with a timeout.
+``asyncio.timeout``) while its requests are out first waits for their
+replies (each wait for progress bounded by the timeout), then the
+cancellation goes on: the server runs a request that has left whatever the
+caller does, and a clean-up that follows (``get_or_load`` releasing the
+lock its ``add`` took) must run after it, not race it on another
+connection; the connection stays in step and goes back to its pool. A
+connection whose exchange failed, or that is cancelled again while
+finishing, is closed: only connections whose replies were read in full are
+reused, so no later call can read an earlier call's reply.
 
 **Processes and loops.** Connections belong to the process and the event loop
 that opened them: after ``os.fork()`` or under another event loop the backend
@@ -163,7 +168,7 @@ class _Conn(asyncio.Protocol):
         """Send the exchange and read its replies; the error that ended it, if any.
 
         ``timeout`` bounds each wait for progress, as the sync backend's socket
-        timeout does. Interrupted (cancelled), the connection is closed.
+        timeout does. Cancelled, it still waits for the replies (:meth:`_finish`).
         """
         transport = self.transport
         assert transport is not None
@@ -172,11 +177,16 @@ class _Conn(asyncio.Protocol):
         self.last = self.loop.time()
         if self.timer is None:  # else the pending one re-arms itself from self.last
             self.timer = self.loop.call_at(self.last + timeout, self._check, timeout)
+        cancelled: asyncio.CancelledError | None = None
         try:
             transport.write(exchange.out)
-            outcome = await waiter
+            try:
+                outcome = await waiter
+            except asyncio.CancelledError as err:
+                cancelled = err
+                outcome = await self._finish(exchange)
         except BaseException:
-            self.close()  # cancelled mid-exchange: its replies must never reach another call
+            self.close()  # interrupted mid-exchange: its replies must never reach another call
             raise
         finally:
             # What the server may have received: all but what is still buffered here.
@@ -185,7 +195,27 @@ class _Conn(asyncio.Protocol):
             self.exchange = self.waiter = None
         if outcome is not None:
             self.close()
+        if cancelled is not None:
+            raise cancelled
         return outcome
+
+    async def _finish(self, exchange: _Exchange[_Pool]) -> Exception | None:
+        """After a cancellation: wait for the exchange's last reply, then let it go on.
+
+        The request has left: the server runs it whatever this call does now. So
+        the cancelled call waits for its replies (each wait for progress bounded by
+        the timeout, as before) before its caller's clean-up runs, which then sees
+        what the request did (a ``get_or_load`` releases the lock its ``add``
+        took, which on another connection could otherwise run before that add),
+        and the connection stays in step. A second cancellation closes it.
+        """
+        if exchange.done and self.exchange is None:
+            return None  # the replies all came as the cancellation did
+        if self.exchange is not exchange or self.broken:
+            raise asyncio.CancelledError  # it already failed: closed by the caller
+        waiter: asyncio.Future[Exception | None] = self.loop.create_future()
+        self.waiter = waiter
+        return await waiter
 
     def _check(self, timeout: float) -> None:
         """The timer: fail the exchange after ``timeout`` seconds without a byte read.

@@ -21,8 +21,12 @@ module. Connections are kept per server, at most ``max_connections`` in
 use per backend.
 
 Cancellation. A call cancelled at any ``await`` (``task.cancel()``,
-``asyncio.timeout``) discards every connection whose request was written and
-whose replies were not all read: a later call never reads a stale reply. A
+``asyncio.timeout``) while its commands are out first waits for their
+replies (within the socket timeout), then the cancellation goes on: the
+server runs a command that has left whatever the caller does, and a clean-up
+that follows (``get_or_load`` releasing the lock its ``SET NX`` took) must
+run after it. A connection whose exchange failed, or that is cancelled again
+while finishing, is discarded: a later call never reads a stale reply. A
 connection is returned to its pool only when its exchange is complete.
 
 Processes and loops. ``redis.asyncio`` pools do not check the process id,
@@ -174,13 +178,33 @@ class _Link(asyncio.Protocol):
         waiter: asyncio.Future[list[object]] = loop.create_future()
         self._waiter, self._replies = waiter, resp.Replies(count, self.parse_error)
         transport.write(request)
-        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter, self.server)
+        timer = None if timeout is None else loop.call_later(timeout, self._expire)
         try:
             return await waiter
+        except asyncio.CancelledError:
+            # The commands have left: the server runs them whatever this call does.
+            # Wait for their replies (within the timeout) before the cancellation goes
+            # on, so the caller's clean-up runs after them; a second one ends it.
+            if self.broken is None and not self.settled:
+                self._waiter = loop.create_future()
+                await self._waiter
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
             self._waiter = None
+
+    @property
+    def settled(self) -> bool:
+        """Every reply of the last exchange is in (and the link is sound)."""
+        replies = self._replies
+        return self.broken is None and len(replies.got) == replies.want
+
+    def _expire(self) -> None:
+        """The exchange's timer: fail it (its waiter, or the one finishing it after a cancel)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError(f"Timeout reading from {self.server}"))
 
     @property
     def partial(self) -> list[object]:
@@ -195,11 +219,6 @@ class _Link(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-def _expire(waiter: asyncio.Future[list[object]], server: str) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError(f"Timeout reading from {server}"))
 
 
 class AsyncRedisBackend(RedisSetup):
@@ -460,7 +479,11 @@ class AsyncRedisBackend(RedisSetup):
                 request = resp.pack([args for wire in wires for args in wire.packed()])
             complete = False
             try:
-                got = await link.exchange(self._loop_now(), request, asked, link.timeout)
+                try:
+                    got = await link.exchange(self._loop_now(), request, asked, link.timeout)
+                except asyncio.CancelledError:
+                    complete = link.settled  # finished before the cancellation went on
+                    raise
                 complete = True
             except (OSError, resp.ProtocolError) as err:
                 return self._replies(server, wires, link.partial, as_redis_error(server, err))
