@@ -258,8 +258,19 @@ def insert(repo: Repo[R, K], record: R, /) -> Plan[R]:
         BackendError: the server is unreachable; in either ``on_backend_error``
             mode, as the record was not stored.
     """
-    (stored,) = yield from _plan_write(repo, [repo.schema.prepare(record)], False)
-    return stored
+    schema = repo.schema
+    prepared = schema.prepare(record)
+    if schema.auto_key and schema.key_of(prepared) is None:
+        (stored,) = yield from _plan_write(repo, [prepared], False)
+        return stored
+    # One record with its key: _plan_write's general bookkeeping costs more than the rest.
+    prepared = _before(repo, "before_insert", prepared)
+    ns = repo.namespace
+    bkey = schema.encode_key(schema.key_of(prepared), ns)
+    (ok,) = yield [Set(bkey, _encode(repo, prepared, bkey), repo.ttl)]
+    _check(ok)
+    _notify(repo, "after_insert", prepared)
+    return prepared
 
 
 @declare(draws_keys=True, snapshot=tuple)
