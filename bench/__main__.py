@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from bench import aio, backends, records, serializers
+from bench import aio, backends, records, serializers, speed
 
 
 def main() -> None:
     serializers.main()
     backends.main()
     records.main()
+    speed.main()
     aio.main()
 
 

@@ -496,14 +496,20 @@ class _RecordCodec:
         if not isinstance(record, self.record_type):
             self._refuse(record)
         values = list(self.values_of(record))
+        same = type(record) is self.record_type  # else built anew, as the record type
         for index, (name, prepare, default, _) in enumerate(self.plan):
             value = values[index]
             if value is None and default is not None:
                 value = default()
             try:
-                values[index] = prepare(value)
+                prepared = prepare(value)
             except ValidationError as err:
                 raise FieldValidationError.at(name, err) from err
+            if prepared is not values[index]:
+                values[index] = prepared
+                same = False
+        if same:
+            return record  # already as it will be stored (records are immutable)
         try:
             return self.build(values)
         except Exception as err:  # a dataclass __post_init__ may reject the values
