@@ -284,7 +284,18 @@ class Lost(NamedTuple):
 class Wire:
     """One command on the wire, and what became of it."""
 
-    __slots__ = ("args", "ask", "asking", "at", "key", "outcome", "parts", "safe", "too_large")
+    __slots__ = (
+        "args",
+        "ask",
+        "asking",
+        "at",
+        "key",
+        "outcome",
+        "parts",
+        "safe",
+        "slot",
+        "too_large",
+    )
 
     def __init__(self, args: tuple[object, ...], key: bytes, safe: bool) -> None:
         self.args = args
@@ -292,6 +303,7 @@ class Wire:
         self.safe = safe  # ends the same if run twice: may be resent after a connection error
         self.ask: tuple[str, int] | None = None  # an ASK target (host, port), next send only
         self.at: tuple[str, int] | None = None  # the cluster node of a keyless command (SCAN)
+        self.slot = -1  # its key's hash slot on a cluster, once known (-1: not yet)
         self.asking = False
         self.outcome: object = None  # the reply, or the CacheORMError for this command
         self.parts: list[Wire] | None = None  # the single-key commands it was split into
@@ -557,7 +569,10 @@ def route(
             node = ask_node(*wire.at)
         else:
             try:
-                node = slot_node(key_slot(wire.key))
+                slot = wire.slot
+                if slot < 0:
+                    slot = wire.slot = key_slot(wire.key)
+                node = slot_node(slot)
             except core.d.errors as err:  # the slot map has no owner for this slot
                 wire.outcome = error(
                     f"redis {wire.what()}: no cluster node serves the slot of {wire.key!r} "
@@ -688,13 +703,17 @@ class RedisCore:
 
     def per_slot(self, keys: Sequence[bytes]) -> list[list[int]]:
         """Indexes of ``keys`` grouped by hash slot (one group on a standalone server)."""
+        return list(self.slot_groups(keys).values())
+
+    def slot_groups(self, keys: Sequence[bytes]) -> dict[int, list[int]]:
+        """Indexes of ``keys`` by hash slot (all under slot -1 on a standalone server)."""
         if not self.cluster:
-            return [list(range(len(keys)))]
+            return {-1: list(range(len(keys)))}
         key_slot = self.d.key_slot
         slots: dict[int, list[int]] = {}
         for index, key in enumerate(keys):
             slots.setdefault(key_slot(key), []).append(index)
-        return list(slots.values())
+        return slots
 
     # -- sending: the resend and redirection rules ----------------------------------------
 
@@ -895,10 +914,13 @@ class RedisCore:
 
     def mget(self, keys: Sequence[bytes]) -> Plan[list[object]]:
         """One ``MGET`` per slot; each key's value, or the error that kept it from being read."""
-        groups = self.per_slot(keys)
-        wires = [
-            Wire(("MGET", *[keys[i] for i in group]), keys[group[0]], True) for group in groups
-        ]
+        by_slot = self.slot_groups(keys)
+        groups = list(by_slot.values())
+        wires = []
+        for slot, group in by_slot.items():
+            wire = Wire(("MGET", *[keys[i] for i in group]), keys[group[0]], True)
+            wire.slot = slot  # computed once (-1 on a standalone server: never routed)
+            wires.append(wire)
         yield from self.run(wires)
         found: list[object] = [None] * len(keys)
         for group, wire in zip(groups, wires, strict=True):
