@@ -44,7 +44,6 @@ A password never appears in an error message (it is shown as ``***``).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, NamedTuple, TypeVar
@@ -58,7 +57,7 @@ from cacheorm.backends.base import AsyncBackend, Backend
 from cacheorm.backends.filesystem import FileSystemBackend
 from cacheorm.backends.memcached import MemcachedBackend
 from cacheorm.backends.memory import MemoryBackend
-from cacheorm.backends.redis import RedisBackend
+from cacheorm.backends.redis import RedisBackend, redact_url
 from cacheorm.errors import ValidationError
 
 __all__ = ["SCHEMES", "async_backend_from_url", "backend_from_url", "redact_url"]
@@ -92,16 +91,6 @@ _RESEND_HINT: Final = (
 _REFUSED_REDIS: Final = {"retry_on_timeout": _RESEND_HINT, "retry_on_error": _RESEND_HINT}
 _TLS_ONLY: Final = "only for TLS: use rediss:// (or rediss+cluster://)"
 _NOT_CLUSTER: Final = "redis-py's asyncio cluster client does not take it"
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password and ``ssl_password`` value shown as ``***``.
-
-    >>> redact_url("redis://me:secret@cache:6379/0?ssl_password=pw&x=1")
-    'redis://me:***@cache:6379/0?ssl_password=***&x=1'
-    """
-    url = re.sub(r"(//[^/?#@]*?:)[^/?#@]*@", r"\1***@", url, count=1)
-    return re.sub(r"([?&]ssl_password=)[^&#]*", r"\1***", url)
 
 
 def _unsupported(url: str, why: str) -> ValidationError:

@@ -337,3 +337,12 @@ def test_a_password_never_appears_in_an_error() -> None:
     assert "pw2" not in message
     assert "me:***@cache" in message
     assert "bogus" in message
+
+
+def test_redis_backend_errors_never_show_the_password() -> None:
+    """A URL given to RedisBackend directly is redacted in its errors too."""
+    for url in ("redis://me:s3cret@127.0.0.1:notaport/0", "redis+cluster://me:s3cret@h:1/5"):
+        with pytest.raises(co.ValidationError) as refused:
+            co.RedisBackend(url=url)
+        assert "s3cret" not in str(refused.value)
+        assert "***" in str(refused.value)

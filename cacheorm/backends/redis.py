@@ -438,10 +438,20 @@ def parse_cluster_url(url: str) -> tuple[str, list[tuple[str, int]]]:
     return first, others
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password and ``ssl_password`` value shown as ``***``.
+
+    >>> redact_url("redis://me:secret@cache:6379/0?ssl_password=pw&x=1")
+    'redis://me:***@cache:6379/0?ssl_password=***&x=1'
+    """
+    url = re.sub(r"(//[^/?#@]*?:)[^/?#@]*@", r"\1***@", url, count=1)
+    return re.sub(r"([?&]ssl_password=)[^&#]*", r"\1***", url)
+
+
 def bad_url(url: str, error: ValueError) -> ValidationError:
     """The error for a URL redis-py (or :func:`parse_cluster_url`) refused."""
     return ValidationError(
-        f"not a Redis URL: {url!r} ({error}); use redis://host:port/db (or rediss://, "
+        f"not a Redis URL: {redact_url(url)!r} ({error}); use redis://host:port/db (or rediss://, "
         "unix://), or redis+cluster://host:port[,host:port...] for a cluster"
     )
 
@@ -449,7 +459,7 @@ def bad_url(url: str, error: ValueError) -> ValidationError:
 def no_slot_map(url: str, error: Exception) -> BackendError:
     """The error for a cluster whose seeds gave no slot map."""
     return BackendError(
-        f"cannot read the cluster's slot map from the seeds of {url!r}: {error}; "
+        f"cannot read the cluster's slot map from the seeds of {redact_url(url)!r}: {error}; "
         "check that the nodes are up, reachable and in cluster mode",
         server=urlsplit(url).netloc.rpartition("@")[2],
     )
