@@ -545,6 +545,11 @@ class _RecordCodec:
             # Rare path (evolved payload or bad data): redo field by field to
             # apply defaults and name the culprit.
             values = [self._load_field(name, load, data) for name, load in self.to_load]
+        else:
+            if self.fills_none:  # a stored null a schema default replaces, as on write
+                for index, (name, load) in enumerate(self.to_load):
+                    if data[name] is None and name in self.fills_none:
+                        values[index] = self._load_field(name, load, data)
         try:
             return self.build(values)
         except Exception as err:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any, NamedTuple, NotRequired, Required, TypedDict
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -567,3 +568,23 @@ def test_a_stored_null_stays_null_when_an_evolved_schema_reads_it() -> None:
     new = co.Schema(EmailV2, key="k", name="Email")
     payload = old.dump(old.prepare(EmailV1("a", None)))
     assert new.load(payload) == EmailV2("a", None, 0)
+
+
+class Badge(NamedTuple):
+    name: str
+    level: int | None
+    colour: str = "grey"
+
+
+def test_a_stored_null_takes_the_schema_default_whatever_else_the_payload_holds() -> None:
+    """A write never stores null where a schema default applies, so a read replaces one
+    the same way whether or not another field of the payload is missing."""
+    schema = co.Schema(Badge, key="name", defaults={"level": 1})
+    assert schema.prepare(Badge("a", None)) == Badge("a", 1)  # the write rule
+    complete: dict[str, co.Primitive] = {"name": "a", "level": None, "colour": "red"}
+    evolved: dict[str, co.Primitive] = {"name": "a", "level": None}  # colour missing
+    assert schema.load(complete) == Badge("a", 1, "red")
+    assert schema.load(evolved) == Badge("a", 1, "grey")
+    repo = co.Repo(schema, backend=co.MemoryBackend())  # the compiled codec too
+    repo.backend.set(schema.encode_key("a"), msgpack.packb(complete))
+    assert co.get(repo, "a") == Badge("a", 1, "red")
