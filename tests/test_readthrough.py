@@ -317,7 +317,7 @@ def test_a_slow_key_held_by_another_caller_does_not_hold_up_the_others(
 
     def slow(name: str) -> Person:  # another caller's loader, holding Slow's lock
         loading.set()
-        time.sleep(2.0)
+        time.sleep(0.6)  # long enough for the other caller's own keys to be loaded and stored
         seen_while_loading.append(co.get_many(people, ["A", "B"]))
         return Person(name, 9.0)
 
