@@ -334,21 +334,7 @@ class Outage:
         if not cls._down and not any(isinstance(r, BackendError) for r in results):
             return  # the hot path: nothing down, nothing failed
         placed = _servers(backend, commands, None)
-        failed: dict[str, list[bytes]] = {}
-        first_error: dict[str, BackendError] = {}
-        answered: list[bytes] = []
-        answering: set[str] = set()  # servers known to have answered (placed keys)
-        for command, result, name in zip(commands, results, placed, strict=True):
-            if isinstance(result, BackendError):
-                server = result.server or type(backend).__name__
-                failed.setdefault(server, []).append(command.key)
-                first_error.setdefault(server, result)
-            else:
-                answered.append(command.key)
-                if name is not None:
-                    answering.add(name)
-        started: list[str] = []
-        ended: list[str] = []
+        failed, first_error, answered, answering = _tally(backend, commands, results, placed)
         where = id(backend)
         now = cls._clock()
         with cls._lock:
@@ -360,37 +346,88 @@ class Outage:
                 # Every command failed, reads included, on keys it cannot place: the
                 # backend looks down as a whole (a failed write alone may be a full disk).
                 cls._whole[where] = next(iter(failed))
-            for server, down in list(cls._down.items()):
-                if server in failed or not answered:
-                    continue
-                if server in answering:
-                    del cls._down[server]
-                    ended.append(server)
-                    continue
-                if where not in down.backends:
-                    continue
-                quiet = not failed and now - down.last_failure >= QUIET_SECONDS
-                if quiet or any(key in down.probes for key in answered):
-                    del cls._down[server]
-                    ended.append(server)
-            for server, keys in failed.items():
-                if server not in cls._down:
-                    cls._down[server] = _Down(first_error[server])
-                    started.append(server)
-                down = cls._down[server]
-                down.backends.add(where)
-                down.last_failure = now
-                down.retry_at = now + cls.retry_seconds
-                down.error = first_error[server]
-                for key in keys:
-                    down.probes.pop(key, None)  # re-inserted as the newest
-                    down.probes[key] = None
-                while len(down.probes) > MAX_PROBES:
-                    del down.probes[next(iter(down.probes))]
+            ended = cls._ended(where, now, failed, answered, answering)
+            started = cls._started(where, now, failed, first_error)
             for where_, server in list(cls._whole.items()):
                 if server not in cls._down:
                     del cls._whole[where_]
         _log_outages(started, ended, first_error)
+
+    @classmethod
+    def _ended(
+        cls,
+        where: int,
+        now: float,
+        failed: dict[str, list[bytes]],
+        answered: list[bytes],
+        answering: set[str],
+    ) -> list[str]:
+        """End the outages a call's answers show are over; their servers (lock held)."""
+        ended: list[str] = []
+        for server, down in list(cls._down.items()):
+            if server in failed or not answered:
+                continue
+            if server in answering:
+                del cls._down[server]
+                ended.append(server)
+                continue
+            if where not in down.backends:
+                continue
+            quiet = not failed and now - down.last_failure >= QUIET_SECONDS
+            if quiet or any(key in down.probes for key in answered):
+                del cls._down[server]
+                ended.append(server)
+        return ended
+
+    @classmethod
+    def _started(
+        cls,
+        where: int,
+        now: float,
+        failed: dict[str, list[bytes]],
+        first_error: dict[str, BackendError],
+    ) -> list[str]:
+        """Note a call's failures: new outages (their servers) and renewed ones (lock held)."""
+        started: list[str] = []
+        for server, keys in failed.items():
+            if server not in cls._down:
+                cls._down[server] = _Down(first_error[server])
+                started.append(server)
+            down = cls._down[server]
+            down.backends.add(where)
+            down.last_failure = now
+            down.retry_at = now + cls.retry_seconds
+            down.error = first_error[server]
+            for key in keys:
+                down.probes.pop(key, None)  # re-inserted as the newest
+                down.probes[key] = None
+            while len(down.probes) > MAX_PROBES:
+                del down.probes[next(iter(down.probes))]
+        return started
+
+
+def _tally(
+    backend: Backend | AsyncBackend,
+    commands: Sequence[Command],
+    results: Sequence[object],
+    placed: Sequence[str | None],
+) -> tuple[dict[str, list[bytes]], dict[str, BackendError], list[bytes], set[str]]:
+    """A call's keys by outcome: per failed server its keys and first error, the keys
+    answered, and the servers known to have answered (keys the backend places)."""
+    failed: dict[str, list[bytes]] = {}
+    first_error: dict[str, BackendError] = {}
+    answered: list[bytes] = []
+    answering: set[str] = set()
+    for command, result, name in zip(commands, results, placed, strict=True):
+        if isinstance(result, BackendError):
+            server = result.server or type(backend).__name__
+            failed.setdefault(server, []).append(command.key)
+            first_error.setdefault(server, result)
+        else:
+            answered.append(command.key)
+            if name is not None:
+                answering.add(name)
+    return failed, first_error, answered, answering
 
 
 def _servers(

@@ -1501,6 +1501,73 @@ _Placed: TypeAlias = "list[tuple[_N, _Job[object]]]"
 """Jobs each on the server named: what a step of :func:`_clear_steps` asks to run."""
 
 
+def _clear_picker(
+    node_prefix: bytes, prefix: bytes, shape: re.Pattern[bytes] | None
+) -> Callable[[bytes], bytes | None]:
+    """What keeps a metadump line's key: the stored key (the node's prefix off) when its
+    original key (see :func:`original_key`) is in ``clear``'s scope, else ``None``."""
+
+    def pick(line: bytes) -> bytes | None:
+        if not line.startswith(b"key="):
+            return None
+        end = line.find(b" ")
+        key = unquote_to_bytes(line[4:] if end < 0 else line[4:end])
+        if not key.startswith(node_prefix):
+            return None
+        key = key[len(node_prefix) :]
+        original = original_key(key)
+        return key if original is not None and base.in_scope(original, prefix, shape) else None
+
+    return pick
+
+
+def _keys_in_scope(
+    nodes: Sequence[_N], prefix: bytes, shape: re.Pattern[bytes] | None
+) -> Generator[
+    _Placed[_N] | float, list[object], tuple[list[tuple[_N, bytes]], CacheORMError | None]
+]:
+    """Every server's keys in scope (see :func:`_clear_steps`), and the first failure."""
+    failure: CacheORMError | None = None
+    found: list[tuple[_N, bytes]] = []
+    asking = list(nodes)
+    for pause in (*_BUSY_PAUSES, None):
+        busy: list[_N] = []
+        idle: list[_N] = []
+        states = yield [(node, _listing_job(_CRAWLER_STATE)) for node in asking]
+        for node, state in zip(asking, states, strict=True):
+            if isinstance(state, CacheORMError):
+                failure = failure or state
+            elif _CRAWLING in cast("list[bytes]", state):
+                busy.append(node)
+            else:
+                idle.append(node)
+        dumps: list[object] = []
+        if idle:
+            dumps = yield [
+                (node, _listing_job(_Listing(_METADUMP, _clear_picker(node.prefix, prefix, shape))))
+                for node in idle
+            ]
+        for node, result in zip(idle, dumps, strict=True):
+            if isinstance(result, _Busy):
+                busy.append(node)
+            elif isinstance(result, CacheORMError):
+                failure = failure or result
+            else:
+                found += [(node, key) for key in cast("list[bytes]", result)]
+        if not busy:
+            break
+        if pause is None:
+            failure = failure or _Busy(
+                f"memcached {busy[0].name}: its LRU crawler stayed busy (another client's "
+                "`lru_crawler metadump`?); clear again later",
+                server=busy[0].name,
+            )
+            break
+        asking = busy
+        yield pause
+    return found, failure
+
+
 def _clear_steps(
     nodes: Sequence[_N], prefix: bytes, shape: re.Pattern[bytes] | None
 ) -> Generator[_Placed[_N] | float, list[object], int]:
@@ -1525,57 +1592,7 @@ def _clear_steps(
             crawler stayed busy (about 6 s).
     """
 
-    def picker(node_prefix: bytes) -> Callable[[bytes], bytes | None]:
-        def pick(line: bytes) -> bytes | None:
-            if not line.startswith(b"key="):
-                return None
-            end = line.find(b" ")
-            key = unquote_to_bytes(line[4:] if end < 0 else line[4:end])
-            if not key.startswith(node_prefix):
-                return None
-            key = key[len(node_prefix) :]
-            original = original_key(key)
-            return key if original is not None and base.in_scope(original, prefix, shape) else None
-
-        return pick
-
-    failure: CacheORMError | None = None
-    found: list[tuple[_N, bytes]] = []
-    asking = list(nodes)
-    for pause in (*_BUSY_PAUSES, None):
-        busy: list[_N] = []
-        idle: list[_N] = []
-        states = yield [(node, _listing_job(_CRAWLER_STATE)) for node in asking]
-        for node, state in zip(asking, states, strict=True):
-            if isinstance(state, CacheORMError):
-                failure = failure or state
-            elif _CRAWLING in cast("list[bytes]", state):
-                busy.append(node)
-            else:
-                idle.append(node)
-        dumps: list[object] = []
-        if idle:
-            dumps = yield [
-                (node, _listing_job(_Listing(_METADUMP, picker(node.prefix)))) for node in idle
-            ]
-        for node, result in zip(idle, dumps, strict=True):
-            if isinstance(result, _Busy):
-                busy.append(node)
-            elif isinstance(result, CacheORMError):
-                failure = failure or result
-            else:
-                found += [(node, key) for key in cast("list[bytes]", result)]
-        if not busy:
-            break
-        if pause is None:
-            failure = failure or _Busy(
-                f"memcached {busy[0].name}: its LRU crawler stayed busy (another client's "
-                "`lru_crawler metadump`?); clear again later",
-                server=busy[0].name,
-            )
-            break
-        asking = busy
-        yield pause
+    found, failure = yield from _keys_in_scope(nodes, prefix, shape)
     count = 0
     for start in range(0, len(found), CLEAR_BATCH):
         chunk = found[start : start + CLEAR_BATCH]
