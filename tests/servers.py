@@ -202,6 +202,21 @@ def _memcached_args(port: int) -> list[str]:
     return args
 
 
+def wait_until_stopped(pid: int) -> None:
+    """Wait until every thread of ``pid`` is stopped (after ``SIGSTOP``, which takes
+    effect asynchronously: a worker thread may still answer a request meanwhile)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = set()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/stat") as stat:
+                states.add(stat.read().rpartition(")")[2].split()[0])
+        if states <= {"T", "t"}:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 @dataclass
 class RedisServer:
     """One standalone redis-server we started."""

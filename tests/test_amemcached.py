@@ -21,6 +21,7 @@ import pytest
 import cacheorm as co
 from cacheorm.backends.base import Get, Incr, Set
 from tests.proxy import Proxy
+from tests.servers import wait_until_stopped
 from tests.workers import Forked
 
 if TYPE_CHECKING:
@@ -61,12 +62,7 @@ def _frozen(server: MemcachedServer) -> Iterator[None]:
     """The server is SIGSTOPped inside the block: it accepts connections but never answers."""
     os.kill(server.pid, signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:  # a signal takes effect asynchronously
-            with open(f"/proc/{server.pid}/stat") as stat:
-                if stat.read().rpartition(")")[2].split()[0] in ("T", "t"):
-                    break
-            time.sleep(0.005)
+        wait_until_stopped(server.pid)
         yield
     finally:
         os.kill(server.pid, signal.SIGCONT)

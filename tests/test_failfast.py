@@ -26,7 +26,13 @@ from cacheorm.backends.base import Command
 from cacheorm.engine import Outage
 from tests.proxy import Proxy
 from tests.records import PERSON, Person
-from tests.servers import MemcachedServer, RedisCluster, RedisServer, ServerFactory
+from tests.servers import (
+    MemcachedServer,
+    RedisCluster,
+    RedisServer,
+    ServerFactory,
+    wait_until_stopped,
+)
 
 TIMEOUT = 0.5
 """The backends' socket and connect timeouts here: what one call on a hung server costs."""
@@ -255,6 +261,7 @@ def test_a_memcached_pool_skips_only_the_hung_nodes_keys(server_factory: ServerF
     assert 0 < len(on_hung) < len(records)
     names = [p.name for p in records]
     os.kill(hung.pid, signal.SIGSTOP)
+    wait_until_stopped(hung.pid)
     try:
         with Took() as first:
             found = co.get_many(people, names)  # the hung node times out once
@@ -295,6 +302,7 @@ def test_a_cluster_skips_only_the_hung_masters_keys(redis_cluster: RedisCluster)
     expected = [None if p in on_hung else p for p in records]
     pid = redis_cluster._procs[1].pid
     os.kill(pid, signal.SIGSTOP)
+    wait_until_stopped(pid)
     try:
         assert co.get_many(people, [p.name for p in records]) == expected
         with Took() as then:

@@ -34,6 +34,7 @@ from cacheorm.backends.base import (
     Set,
 )
 from cacheorm.backends.memcached import MemcachedBackend, memcached_key
+from tests.servers import wait_until_stopped
 from tests.workers import Forked
 
 if TYPE_CHECKING:
@@ -70,24 +71,10 @@ def _frozen(server: MemcachedServer) -> Iterator[None]:
     """The server is SIGSTOPped inside the block: it accepts connections but never answers."""
     os.kill(server.pid, signal.SIGSTOP)
     try:
-        _wait_until_stopped(server.pid)
+        wait_until_stopped(server.pid)
         yield
     finally:
         os.kill(server.pid, signal.SIGCONT)
-
-
-def _wait_until_stopped(pid: int) -> None:
-    """Wait until every thread of ``pid`` is stopped: a signal takes effect asynchronously."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        states = set()
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/stat") as stat:
-                states.add(stat.read().rpartition(")")[2].split()[0])
-        if states <= {"T", "t"}:
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"process {pid} did not stop")
 
 
 @contextlib.contextmanager

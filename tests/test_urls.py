@@ -28,6 +28,7 @@ import redis
 import cacheorm as co
 from cacheorm import aio
 from tests.records import PERSON, Person
+from tests.servers import wait_until_stopped
 
 if TYPE_CHECKING:
     from tests.servers import MemcachedServer, RedisCluster, RedisServer, ServerFactory
@@ -64,6 +65,7 @@ def frozen(pid: int) -> Iterator[None]:
     """The process stopped (SIGSTOP): it accepts connections but never answers."""
     os.kill(pid, signal.SIGSTOP)
     try:
+        wait_until_stopped(pid)
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
