@@ -217,6 +217,17 @@ def wait_until_stopped(pid: int) -> None:
     raise AssertionError(f"process {pid} did not stop")
 
 
+@contextlib.contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The process is SIGSTOPped inside the block: it accepts connections but never answers."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until_stopped(pid)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 @dataclass
 class RedisServer:
     """One standalone redis-server we started."""

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 import time
 from typing import TYPE_CHECKING
 
@@ -21,11 +19,11 @@ import pytest
 import cacheorm as co
 from cacheorm.backends.base import Get, Incr, Set
 from tests.proxy import Proxy
-from tests.servers import wait_until_stopped
+from tests.servers import frozen
 from tests.workers import Forked
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterator
+    from collections.abc import Awaitable, Callable
 
     from tests.servers import MemcachedServer, ServerFactory
 
@@ -55,17 +53,6 @@ async def _timed(call: Callable[[], Awaitable[object]]) -> tuple[object, float]:
     except co.CacheORMError as err:
         result = err
     return result, time.monotonic() - started
-
-
-@contextlib.contextmanager
-def _frozen(server: MemcachedServer) -> Iterator[None]:
-    """The server is SIGSTOPped inside the block: it accepts connections but never answers."""
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        wait_until_stopped(server.pid)
-        yield
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
 
 
 # -- one cache for sync and async processes ------------------------------------------
@@ -288,7 +275,7 @@ def test_a_frozen_node_costs_one_timeout_and_fails_only_its_keys(
     async def main() -> None:
         aio = co.AsyncMemcachedBackend(addresses, timeout=TIMEOUT, connect_timeout=TIMEOUT)
         await aio.ping()
-        with _frozen(nodes[0]):
+        with frozen(nodes[0].pid):
             batch = [Get(key) for key in keys]
             results, elapsed = await _timed(lambda: aio.batch(batch))
             assert elapsed < ONE_TIMEOUT

@@ -15,7 +15,7 @@ import pytest
 import cacheorm as co
 from tests.records import COLLECTION, COUNTER, PERSON, Collection, Counter, Person
 from tests.servers import MemcachedServer, RedisCluster, RedisServer, ServerFactory
-from tests.workers import increment, load_once
+from tests.workers import increment, load_once, shared_spec
 
 
 def hammer(repo: co.Repo[Counter, str], threads: int, times: int) -> None:
@@ -43,16 +43,7 @@ def test_modify_8_threads_x_200_is_exact(backend: co.Backend) -> None:
 def test_modify_two_processes_is_exact(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if kind == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        server.flush()
-        spec = ("redis", server.url)
-    elif kind == "memcached":
-        node: MemcachedServer = request.getfixturevalue("memcached_servers")[0]
-        node.flush()
-        spec = ("memcached", f"{node.host}:{node.port}")
-    else:
-        spec = ("filesystem", str(tmp_path / "shared"))
+    spec = shared_spec(kind, request, tmp_path)
     from tests.workers import backend_from_spec
 
     backend = backend_from_spec(spec)
@@ -120,12 +111,7 @@ def test_get_or_load_runs_the_loader_once(backend: co.Backend) -> None:
 def test_get_or_load_runs_the_loader_once_across_processes(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if kind == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        server.flush()
-        spec = ("redis", server.url)
-    else:
-        spec = ("filesystem", str(tmp_path / "shared"))
+    spec = shared_spec(kind, request, tmp_path)
     log = tmp_path / "loader-calls.txt"
     ctx = multiprocessing.get_context("spawn")
     start_at = time.time() + 3.0  # after every child has imported cacheorm

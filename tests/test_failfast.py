@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +29,7 @@ from tests.servers import (
     RedisCluster,
     RedisServer,
     ServerFactory,
-    wait_until_stopped,
+    frozen,
 )
 
 TIMEOUT = 0.5
@@ -260,9 +258,7 @@ def test_a_memcached_pool_skips_only_the_hung_nodes_keys(server_factory: ServerF
     on_hung = [p for p in records if backend.server_for(PERSON.encode_key(p.name)) == hung_name]
     assert 0 < len(on_hung) < len(records)
     names = [p.name for p in records]
-    os.kill(hung.pid, signal.SIGSTOP)
-    wait_until_stopped(hung.pid)
-    try:
+    with frozen(hung.pid):
         with Took() as first:
             found = co.get_many(people, names)  # the hung node times out once
         assert first.seconds >= TIMEOUT * 0.9
@@ -278,8 +274,6 @@ def test_a_memcached_pool_skips_only_the_hung_nodes_keys(server_factory: ServerF
                 co.insert(people, on_hung[0])
             assert raised.value.server == hung_name
         assert then.seconds < FAST
-    finally:
-        os.kill(hung.pid, signal.SIGCONT)
     time.sleep(RETRY)
     assert co.get(people, on_hung[0].name) == on_hung[0]  # probed, answered: back
     backend.close()
@@ -301,16 +295,12 @@ def test_a_cluster_skips_only_the_hung_masters_keys(redis_cluster: RedisCluster)
     assert 0 < len(on_hung) < len(records)
     expected = [None if p in on_hung else p for p in records]
     pid = redis_cluster._procs[1].pid
-    os.kill(pid, signal.SIGSTOP)
-    wait_until_stopped(pid)
-    try:
+    with frozen(pid):
         assert co.get_many(people, [p.name for p in records]) == expected
         with Took() as then:
             for _ in range(10):
                 assert co.get_many(people, [p.name for p in records]) == expected
         assert then.seconds < FAST * 2
-    finally:
-        os.kill(pid, signal.SIGCONT)
     time.sleep(RETRY)
     assert co.get_many(people, [p.name for p in records]) == records
     backend.close()

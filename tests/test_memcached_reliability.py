@@ -9,8 +9,6 @@ a call takes as well as its outcome.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import threading
 import time
@@ -34,7 +32,7 @@ from cacheorm.backends.base import (
     Set,
 )
 from cacheorm.backends.memcached import MemcachedBackend, memcached_key
-from tests.servers import wait_until_stopped
+from tests.servers import frozen
 from tests.workers import Forked
 
 if TYPE_CHECKING:
@@ -64,17 +62,6 @@ def _timed(call: Callable[[], object]) -> tuple[object, float]:
     except co.CacheORMError as err:
         result = err
     return result, time.monotonic() - started
-
-
-@contextlib.contextmanager
-def _frozen(server: MemcachedServer) -> Iterator[None]:
-    """The server is SIGSTOPped inside the block: it accepts connections but never answers."""
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        wait_until_stopped(server.pid)
-        yield
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager
@@ -161,7 +148,7 @@ def test_a_hung_server_costs_one_timeout_per_call_whatever_the_keys(
         "batch": lambda: backend.batch([Delete(key) for key in keys]),
     }
     for call, run in calls.items():
-        with _frozen(server):
+        with frozen(server.pid):
             result, elapsed = _timed(run)
         assert elapsed < ONE_TIMEOUT, f"{call} of 10 keys took {elapsed:.2f} s"
         errors = result if isinstance(result, list) else [result]
@@ -192,7 +179,7 @@ def test_a_batch_of_every_kind_of_command_meets_one_timeout(server_factory: Serv
         Cas(b"a", b"9", token=token[1]),
         Replace(b"n", b"7"),
     ]
-    with _frozen(server):
+    with frozen(server.pid):
         results, elapsed = _timed(lambda: backend.batch(commands))
     assert elapsed < ONE_TIMEOUT, f"the batch took {elapsed:.2f} s"
     assert isinstance(results, list)
@@ -307,7 +294,7 @@ def test_a_dead_node_fails_only_its_own_keys(
     dead = nodes[1]
     if fault == "killed":
         dead.stop()
-    with _frozen(dead) if fault == "frozen" else contextlib.nullcontext():
+    with frozen(dead.pid) if fault == "frozen" else contextlib.nullcontext():
         reads, read_time = _timed(lambda: backend.batch([Get(k) for k in keys]))
         writes, write_time = _timed(lambda: backend.batch([Set(k, b"w") for k in keys]))
         many, many_time = _timed(lambda: backend.get_many(*keys))

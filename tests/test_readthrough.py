@@ -23,10 +23,10 @@ from cacheorm.backends.base import Command
 from tests.async_facade import LoopThread, SyncFacade
 from tests.conftest import ASYNC_BACKEND_KINDS, BACKEND_KINDS
 from tests.records import PERSON, Person
-from tests.workers import Forked, backend_from_spec
+from tests.workers import Forked, backend_from_spec, shared_spec
 
 if TYPE_CHECKING:
-    from tests.servers import MemcachedServer, RedisServer
+    pass
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -283,16 +283,7 @@ def _load_in_process(
 def test_two_processes_with_overlapping_keys_load_each_key_once(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    if kind == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        server.flush()
-        spec = ("redis", server.url)
-    elif kind == "memcached":
-        node: MemcachedServer = request.getfixturevalue("memcached_servers")[0]
-        node.flush()
-        spec = ("memcached", f"{node.address[0]}:{node.address[1]}")
-    else:
-        spec = ("filesystem", str(tmp_path / "shared"))
+    spec = shared_spec(kind, request, tmp_path)
     log = tmp_path / "loaded.txt"
     start_at = time.time() + 1.0
     child_keys, parent_keys = ["a", "b", "c", "d"], ["c", "d", "e", "b"]

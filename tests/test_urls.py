@@ -13,9 +13,7 @@ timeout on a hung one.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -28,7 +26,7 @@ import redis
 import cacheorm as co
 from cacheorm import aio
 from tests.records import PERSON, Person
-from tests.servers import wait_until_stopped
+from tests.servers import frozen
 
 if TYPE_CHECKING:
     from tests.servers import MemcachedServer, RedisCluster, RedisServer, ServerFactory
@@ -58,17 +56,6 @@ async def round_trip(url: str, person: Person) -> Person:
         return await aio.get(repo, person.name)
     finally:
         await backend.aclose()
-
-
-@contextmanager
-def frozen(pid: int) -> Iterator[None]:
-    """The process stopped (SIGSTOP): it accepts connections but never answers."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        wait_until_stopped(pid)
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def raises_within(seconds: float, call: Callable[[], object]) -> co.BackendError:

@@ -7,9 +7,29 @@ import select
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cacheorm as co
 from tests.records import COUNTER
+
+if TYPE_CHECKING:
+    import pytest
+
+    from tests.servers import MemcachedServer, RedisServer
+
+
+def shared_spec(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """A freshly emptied store of ``kind`` (``redis``, ``memcached``, ``filesystem``) that
+    processes share, as the ``(kind, address)`` that :func:`backend_from_spec` rebuilds."""
+    if kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        return ("redis", server.url)
+    if kind == "memcached":
+        node: MemcachedServer = request.getfixturevalue("memcached_servers")[0]
+        node.flush()
+        return ("memcached", f"{node.host}:{node.port}")
+    return ("filesystem", str(tmp_path / "shared"))
 
 
 def backend_from_spec(spec: tuple[str, str]) -> co.Backend:
