@@ -325,18 +325,24 @@ def _load_lines(
     return [f"{text} = {src}", *parse], value
 
 
+def _element(rule: Field[object]) -> Field[object] | None:
+    """The rule of what a nullable, list or dict field holds; ``None`` for other rules."""
+    kind = type(rule)
+    if kind is NullableField:
+        return cast("NullableField[object]", rule).inner
+    if kind is ListField:
+        return cast("ListField[object]", rule).item
+    if kind is DictField:
+        return cast("DictField[object]", rule).value
+    return None
+
+
 def _as_is(rule: Field[object]) -> bool:
     """Whether a prepared value is already its own primitive (dump only copies containers)."""
-    kind = type(rule)
-    if kind in _NATIVE:
+    if type(rule) in _NATIVE:
         return True
-    if kind is NullableField:
-        return _as_is(cast("NullableField[object]", rule).inner)
-    if kind is ListField:
-        return _as_is(cast("ListField[object]", rule).item)
-    if kind is DictField:
-        return _as_is(cast("DictField[object]", rule).value)
-    return False
+    element = _element(rule)
+    return element is not None and _as_is(element)
 
 
 _PRIMITIVE_DUMPS: Final = frozenset(
@@ -364,15 +370,10 @@ def _dumps_primitives(rule: Field[object]) -> bool:
     kind = type(rule)
     if kind in _PRIMITIVE_DUMPS:
         return True
-    if kind is NullableField:
-        return _dumps_primitives(cast("NullableField[object]", rule).inner)
-    if kind is ListField:
-        return _dumps_primitives(cast("ListField[object]", rule).item)
-    if kind is DictField:
-        return _dumps_primitives(cast("DictField[object]", rule).value)
     if kind is RecordField:  # a nested record dumps a dict of its fields' primitives
         return all(map(_dumps_primitives, cast("RecordField", rule).codec.fields.values()))
-    return False
+    element = _element(rule)
+    return element is not None and _dumps_primitives(element)
 
 
 def _dump_expr(rule: Field[object], src: str, index: int, env: dict[str, object]) -> str:
