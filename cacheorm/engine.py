@@ -563,6 +563,10 @@ async def send_phase_async(
     direct: bool,
 ) -> list[object]:
     """:func:`send_phase` for the async driver (see :func:`dispatch_async`)."""
+    if not miss_on_error and len(commands) == 1 and not direct:
+        # The common case (one command, no outage to observe), without a frame more.
+        aio_backend = cast("AsyncBackend", backend)
+        return [await apply_async(aio_backend, commands[0])]
     gate = Outage.gate(backend, commands) if miss_on_error else None
     try:
         sent = commands if gate is None else gate.sent

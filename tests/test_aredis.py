@@ -25,7 +25,7 @@ from redis.crc import key_slot
 import cacheorm as co
 from cacheorm.backends.base import Cas, Get, Incr, Set
 from tests.proxy import Proxy
-from tests.servers import start_redis_cluster
+from tests.servers import start_redis_cluster, wait_until_stopped
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -340,6 +340,7 @@ def test_a_stopped_server_costs_one_timeout(server_factory: ServerFactory) -> No
         backend = co.AsyncRedisBackend(url=made.url, socket_timeout=timeout)
         await backend.set(b"k", b"v")
         os.kill(made.pid, signal.SIGSTOP)
+        wait_until_stopped(made.pid)
         try:
             for call in (
                 lambda: backend.get(b"k"),
@@ -506,6 +507,7 @@ def test_a_frozen_master_costs_one_timeout_and_only_its_keys(own_cluster: RedisC
         backend = co.AsyncRedisBackend(url=cluster_url(cluster), socket_timeout=timeout)
         await backend.set_many({key: key for key in keys})
         os.kill(cluster._procs[1].pid, signal.SIGSTOP)
+        wait_until_stopped(cluster._procs[1].pid)
         try:
             started = time.monotonic()
             with pytest.raises(co.BackendError) as caught:

@@ -26,7 +26,7 @@ import cacheorm as co
 from cacheorm.backends.base import KEEP_TTL, Cas, Command, Delete, Get, Gets, Incr, Set
 from cacheorm.backends.memcached import MemcachedBackend, memcached_key
 from cacheorm.backends.redis import RedisBackend
-from tests.servers import free_port
+from tests.servers import free_port, wait_until_stopped
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -96,6 +96,7 @@ def test_memcached_frozen_by_sigstop_times_out_then_recovers(server_factory: Ser
     backend = MemcachedBackend(servers=[server.address], timeout=0.5)
     backend.set(b"k", b"v")
     os.kill(server.pid, signal.SIGSTOP)
+    wait_until_stopped(server.pid)
     try:
         started = time.monotonic()
         with pytest.raises(co.BackendError):

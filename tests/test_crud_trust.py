@@ -24,7 +24,7 @@ import cacheorm as co
 from cacheorm.backends.base import Command
 from cacheorm.crud import LOCK_PREFIX
 from tests.records import NOTE, PERSON, Note, Person
-from tests.servers import RedisServer, ServerFactory, free_port
+from tests.servers import RedisServer, ServerFactory, free_port, wait_until_stopped
 
 # A call against a dead server configured with 0.2 s timeouts: well under this.
 FAST = 3.0
@@ -372,6 +372,7 @@ def test_a_delete_during_an_outage_raises_and_no_stale_value_is_served_after(
     people = co.Repo(PERSON, backend=backend, on_backend_error="miss")
     co.insert(people, Person("Sam", 1.0))
     os.kill(server.pid, signal.SIGSTOP)
+    wait_until_stopped(server.pid)
     try:
         with Clock(FAST):
             assert co.get_or_none(people, "Sam") is None  # reads degrade
@@ -402,6 +403,7 @@ def test_an_outage_is_logged_once_naming_the_server_and_its_end_once(
     before = co.engine.Outage.count
     with caplog.at_level(logging.WARNING, logger="cacheorm"):
         os.kill(server.pid, signal.SIGSTOP)
+        wait_until_stopped(server.pid)
         try:
             for _ in range(3):
                 assert co.get_or_none(people, "Sam") is None

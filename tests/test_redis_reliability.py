@@ -27,7 +27,7 @@ from cacheorm.backends.redis import RedisBackend
 from cacheorm.crud import LOCK_PREFIX
 from tests.proxy import Proxy
 from tests.records import NOTE, PERSON, Note, Person
-from tests.servers import free_port, start_redis_cluster
+from tests.servers import free_port, start_redis_cluster, wait_until_stopped
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -302,6 +302,7 @@ def test_a_frozen_master_fails_its_keys_within_the_bound(cluster: RedisCluster) 
     assert served
     bound = timeout * (1 + retries) + 1
     os.kill(cluster._procs[1].pid, signal.SIGSTOP)
+    wait_until_stopped(cluster._procs[1].pid)
     try:
         for call in (
             lambda: backend.get(frozen[0]),

@@ -55,19 +55,20 @@ forgets them and opens new ones (the parent's are left to the parent).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-import os
 import re
 import socket
 import ssl
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
 
 from cacheorm.backends import base
 from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, resolve_ttl
 from cacheorm.backends.memcached import (
     MAX_KEY_LENGTH,
     PING_KEY,
+    _advance,
     _cas_steps,
     _clear_steps,
     _Closed,
@@ -263,13 +264,15 @@ class _Pool:
         "address",
         "closed",
         "connect_timeout",
+        "epoch",
         "idle",
         "name",
+        "open",
         "prefix",
         "size",
-        "slots",
         "ssl",
         "timeout",
+        "waiting",
     )
 
     def __init__(
@@ -290,7 +293,9 @@ class _Pool:
         self.connect_timeout = connect_timeout
         self.ssl = ssl_context
         self.idle: list[_Conn] = []
-        self.slots: asyncio.Semaphore | None = None
+        self.open = 0  # connections open or being opened, idle or in use
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.epoch = 0  # changes when the connections are forgotten
         self.closed = False
 
     def forget(self, forked: bool) -> None:
@@ -305,38 +310,86 @@ class _Pool:
             for conn in self.idle:
                 conn.shut_down()
         self.idle = []
-        self.slots = None
+        self.open = 0
+        self.waiting = collections.deque()
+        self.epoch += 1
 
     async def run(self, exchange: _Exchange[_Pool]) -> None:
         """Run one exchange on a connection of this pool; a failure is put in the exchange."""
-        slots = self.slots
-        if slots is None:
-            slots = self.slots = asyncio.Semaphore(self.size)
-        async with slots:
+        epoch = self.epoch
+        conn = self._idle()
+        if conn is None:
             try:
                 conn = await self._acquire()
             except OSError as err:  # TimeoutError included
                 logger.debug("memcached %s cannot be connected: %r", self.name, err)
                 exchange.fail("cannot be connected", err)
                 return
-            try:
-                outcome = await conn.converse(exchange, self.timeout)
-            finally:
-                if conn.broken or self.closed or slots is not self.slots:
-                    conn.close()
-                else:
-                    self.idle.append(conn)
+        try:
+            outcome = await conn.converse(exchange, self.timeout)
+        finally:
+            self._release(conn, epoch)
         if outcome is not None:
             logger.debug("memcached %s failed: %r", self.name, outcome)
             exchange.fail(*_failure(outcome, self.timeout))
 
-    async def _acquire(self) -> _Conn:
-        while self.idle:
-            conn = self.idle.pop()
+    def _idle(self, first: bool = True) -> _Conn | None:
+        """An idle connection, if one is left (and, ``first``, no call waits before us)."""
+        idle = self.idle
+        while idle and (not first or not self.waiting):
+            conn = idle.pop()
             if not conn.broken:  # closed by the server while idle (a restart): skip it
                 return conn
             conn.close()
-        return await self._connect()
+            self.open -= 1
+        return None
+
+    async def _acquire(self) -> _Conn:
+        """A connection: an idle one, a new one if the pool has room, else the next released."""
+        first = True
+        while True:
+            if self.open < self.size and (not first or not self.waiting):
+                self.open += 1
+                try:
+                    return await self._connect()
+                except BaseException:
+                    self.open -= 1
+                    self._wake()
+                    raise
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiting.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # our turn came with the cancellation: pass it on
+                raise
+            finally:
+                with contextlib.suppress(ValueError):
+                    self.waiting.remove(waiter)
+            first = False
+            conn = self._idle(first)
+            if conn is not None:
+                return conn
+
+    def _release(self, conn: _Conn, epoch: int) -> None:
+        """Take a connection back after an exchange (closing it if it is not sound)."""
+        if epoch != self.epoch:  # a connection of another process or event loop
+            conn.close()
+            return
+        if conn.broken or self.closed:
+            conn.close()
+            self.open -= 1
+        else:
+            self.idle.append(conn)
+        self._wake()
+
+    def _wake(self) -> None:
+        """Let the first call waiting for a connection go on."""
+        for waiter in self.waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -357,6 +410,19 @@ class _Pool:
         for conn in self.idle:
             conn.close()
         self.idle = []
+
+
+_Jobs: TypeAlias = "Sequence[_Job[object] | CacheORMError]"
+
+
+class _Merged:
+    """Calls gathered in one turn of the event loop, to run as one call."""
+
+    __slots__ = ("calls", "task")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[_Jobs, asyncio.Future[list[object]]]] = []
+        self.task: asyncio.Task[None] | None = None  # once sent
 
 
 def _pools(
@@ -450,8 +516,9 @@ class AsyncMemcachedBackend:
             ssl_context=ssl_context,
         )
         self._room = MAX_KEY_LENGTH
-        self._pid = os.getpid()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bound = base.LoopBinding()
+        self._running = 0  # calls out now
+        self._gathering: _Merged | None = None  # calls to send at the loop's next turn
 
     def __repr__(self) -> str:
         return f"AsyncMemcachedBackend({[pool.name for pool in self._pools]!r})"
@@ -460,12 +527,11 @@ class AsyncMemcachedBackend:
 
     def _own_connections(self) -> None:
         """Forget connections of another process (a fork) or event loop before using any."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop or self._pid != os.getpid():
-            forked = self._pid != os.getpid()
+        moved = self._bound.moved()
+        if moved is not None:
             for pool in self._pools:
-                pool.forget(forked)
-            self._loop, self._pid = loop, os.getpid()
+                pool.forget(moved == "fork")
+            self._running, self._gathering = 0, None
 
     async def _converse(self, exchanges: list[_Exchange[_Pool]]) -> None:
         if len(exchanges) == 1:  # the common case, without the cost of tasks
@@ -479,24 +545,122 @@ class AsyncMemcachedBackend:
     ) -> list[object]:
         """Run the jobs in rounds, as the sync backend does; each result or error, in order.
 
-        ``placed`` (instead of ``jobs``): one-request jobs on the servers named.
+        While another call of this backend is out, the jobs join the calls
+        made in the same turn of the event loop, and run with them as one call
+        (:meth:`_join`). ``placed`` (instead of ``jobs``): one-request jobs on
+        the servers named, run at once.
         """
         self._own_connections()
+        if self._running and placed is None:
+            return await self._join(jobs)
+        self._running += 1
+        try:
+            return await self._rounds(jobs, placed)
+        finally:
+            self._running -= 1
+
+    async def _rounds(
+        self, jobs: Sequence[_Job[object] | CacheORMError], placed: _Placed[_Pool] | None
+    ) -> list[object]:
         results: list[object] = [None] * len(placed if placed is not None else jobs)
         if placed is not None:
             queues = _placed_queues(placed)
         else:
             queues = _enqueue(jobs, results, self._room, self._place)
+        await self._run_queues(queues, results)
+        return results
+
+    async def _run_queues(self, queues: dict[_Pool, list[_Task]], results: list[object]) -> None:
         failed: dict[_Pool, BackendError] = {}
         while queues:
             exchanges, later = _start_round(queues, failed, results)
             await self._converse(exchanges)
             queues = _end_round(exchanges, failed, results, later)
-        return results
+
+    async def _join(self, jobs: Sequence[_Job[object] | CacheORMError]) -> list[object]:
+        """Run the jobs with the other calls made in this turn of the event loop.
+
+        Calls made while the backend is busy are gathered until the loop's
+        next turn, then run together (:meth:`_run_merged`): one pipeline per
+        server for all of them, so many tasks share each write and read (the
+        jobs run in the order the calls came, as a batch's do). Cancelled
+        before they are sent, the jobs are dropped; after, the call waits for
+        the merged call to end (bounded by the timeouts), as a call of its own
+        waits for its replies, and a second cancellation stops the wait.
+        """
+        loop = self._bound.loop
+        assert loop is not None  # set by _own_connections
+        merged = self._gathering
+        if merged is None:
+            merged = self._gathering = _Merged()
+            loop.call_soon(self._flush, merged)
+        done: asyncio.Future[list[object]] = loop.create_future()
+        call = (jobs, done)
+        merged.calls.append(call)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            if merged.task is None:  # not sent: nothing ran
+                merged.calls.remove(call)
+                raise
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((merged.task,))
+            raise
+
+    def _flush(self, merged: _Merged) -> None:
+        """Send the calls gathered in the last turn of the event loop, as one call."""
+        if self._gathering is merged:
+            self._gathering = None
+        if merged.calls:
+            merged.task = asyncio.get_running_loop().create_task(self._run_merged(merged))
+
+    async def _run_merged(self, merged: _Merged) -> None:
+        calls = merged.calls
+        jobs = calls[0][0] if len(calls) == 1 else [job for each, _ in calls for job in each]
+        self._running += 1
+        try:
+            results = await self._rounds(jobs, None)
+        except BaseException as err:  # cancelled with the event loop, or a bug: each call gets it
+            for _, done in calls:
+                if not done.done():
+                    done.set_exception(err) if isinstance(err, Exception) else done.cancel()
+            if not isinstance(err, Exception):
+                raise
+            logger.exception("memcached: a merged call failed")
+            return
+        finally:
+            self._running -= 1
+        start = 0
+        for each, done in calls:
+            stop = start + len(each)
+            if not done.done():
+                done.set_result(results[start:stop])
+            start = stop
 
     async def _one(self, job: _Job[_T]) -> _T:
-        """Run one command; return its result or raise its error."""
-        result = (await self._execute((job,)))[0]
+        """Run one command; return its result or raise its error.
+
+        A command of one request while the backend is idle (the common case)
+        is one exchange, without the rounds' bookkeeping of :meth:`_rounds`.
+        """
+        self._own_connections()
+        if self._running or job.steps is not None or len(job.key) > self._room:
+            result = (await self._execute((job,)))[0]
+        else:
+            node = self._place(job.key)
+            task = _Task(0, job)
+            exchange = _Exchange(node, [task])
+            self._running += 1
+            try:
+                await node.run(exchange)
+                if exchange.error is not None:
+                    raise exchange.error_for(0)
+                results: list[object] = [None]
+                if _advance(task, exchange.replies[0], results, node.name):
+                    await self._run_queues({node: [task]}, results)  # it sends another request
+                result = results[0]
+            finally:
+                self._running -= 1
         if isinstance(result, CacheORMError):
             raise result
         return cast("_T", result)

@@ -646,10 +646,25 @@ class _Exchange(Generic[_N]):
         self.deadline = math.inf
         # groups: the tasks [start, stop) one command line serves, and for a
         # fetch the keys it asked for; ends: where each task's command ends in out.
-        self.groups: list[tuple[int, int, frozenset[bytes] | None]] = []
-        self.ends: list[int] = []
-        parts: list[bytes] = []
+        self.groups: list[tuple[int, int, frozenset[bytes] | None]]
+        self.ends: list[int]
         prefix = node.prefix
+        if len(tasks) == 1:  # the common case, without the loop
+            request = tasks[0].request
+            if type(request) is _Fetch:
+                key = prefix + request.key
+                self.out = (b"gets " if request.cas else b"get ") + key + b"\r\n"
+                self.groups = [(0, 1, frozenset((key,)))]
+                self.ends = [len(self.out)]
+                return
+            if type(request) is _Line:
+                self.out = request.verb + b" " + prefix + request.key + request.tail
+                self.groups = [(0, 1, None)]
+                self.ends = [len(self.out)]
+                return
+        self.groups = []
+        self.ends = []
+        parts: list[bytes] = []
         size = 0
         index, count = 0, len(tasks)
         while index < count:
@@ -701,6 +716,14 @@ class _Exchange(Generic[_N]):
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
                     return
+                if wanted is not None and stop - start == 1 and not self.found:
+                    end = self._one_item(pos, eol, wanted)
+                    if end < 0:
+                        return
+                    if end > pos:
+                        pos = end
+                        self.group += 1
+                        continue
                 if wanted is not None and buf.startswith(b"VALUE ", pos):
                     end = self._value(pos, eol, wanted)
                     if end < 0:
@@ -747,6 +770,33 @@ class _Exchange(Generic[_N]):
             "memcached 1.4.31 or later with its LRU crawler enabled (not -X, not no_lru_crawler)",
             server=name,
         )
+
+    def _one_item(self, pos: int, eol: int, wanted: frozenset[bytes]) -> int:
+        """The reply to a one-key fetch at ``pos``, taken whole when it is all in.
+
+        Returns where the reply ends (its reply added), ``-1`` when more is
+        needed, or ``pos`` when it is not a plain hit or miss (the general
+        path then reads it).
+        """
+        buf = self.buf
+        if eol == pos + 3 and buf[pos:eol] == b"END":  # a miss
+            self.replies.append(None)
+            return eol + 2
+        if not buf.startswith(b"VALUE ", pos):
+            return pos
+        head = bytes(buf[pos:eol]).split()  # VALUE <key> <flags> <bytes> [<cas>]
+        if len(head) < 4 or head[1] not in wanted or not head[3].isdigit():
+            return pos
+        begin = eol + 2
+        end = begin + int(head[3])
+        if len(buf) < end + 7:
+            self.need = end + 7 - len(buf)
+            return -1
+        if buf[end : end + 7] != b"\r\nEND\r\n" or not head[2].isdigit():
+            return pos
+        value = bytes(buf[begin:end])
+        self.replies.append((value, int(head[2]), head[4] if len(head) > 4 else b""))
+        return end + 7
 
     def _value(self, pos: int, eol: int, wanted: frozenset[bytes]) -> int:
         """Take the item whose ``VALUE`` line is at ``pos``; return where it ends (-1: not in yet).
