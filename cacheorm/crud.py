@@ -426,6 +426,38 @@ def _record_or_none(repo: Repo[R, K], answer: object, key: K, bkey: bytes) -> R 
         raise
 
 
+def _records_or_none(
+    repo: Repo[R, K], answers: list[object], keys: list[K], bkeys: list[bytes]
+) -> list[R | None]:
+    """:func:`_record_or_none` for each key, the common case inline.
+
+    That case (bytes the compiled codec decodes to the record of the key they
+    were read under) costs a few calls less per key; anything else (no codec,
+    an error, a doubt, another key's record) takes :func:`_record_or_none`.
+    """
+    codec = repo.codec
+    if codec is None:
+        return [
+            _record_or_none(repo, a, k, b) for k, b, a in zip(keys, bkeys, answers, strict=True)
+        ]
+    decode, key_of = codec.decode, repo.schema.key_of
+    records: list[R | None] = []
+    for key, bkey, answer in zip(keys, bkeys, answers, strict=True):
+        if answer is None:
+            records.append(None)
+            continue
+        if type(answer) is bytes:
+            try:
+                record = decode(answer, bkey)
+            except CacheORMError:
+                record = None
+            if record is not None and key_of(record) == key:
+                records.append(record)
+                continue
+        records.append(_record_or_none(repo, answer, key, bkey))
+    return records
+
+
 def _is_absence(raw: object, bkey: bytes) -> bool:
     """Whether ``raw``, read under ``bkey``, is the marker of its absence (see ABSENT_PREFIX)."""
     return raw == ABSENT_PREFIX + bkey
@@ -448,9 +480,7 @@ def get_many(repo: Repo[R, K], keys: Iterable[K], /) -> Plan[list[R | None]]:
     encode, ns = repo.schema.encode_key, repo.namespace
     bkeys = [encode(k, ns) for k in keys]
     raws = yield [Get(bkey) for bkey in bkeys]
-    return [
-        _record_or_none(repo, raw, k, bkey) for k, bkey, raw in zip(keys, bkeys, raws, strict=True)
-    ]
+    return _records_or_none(repo, raws, keys, bkeys)
 
 
 @declare()

@@ -61,10 +61,10 @@ import logging
 import re
 import socket
 import ssl
-from typing import TYPE_CHECKING, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, cast
 
 from cacheorm.backends import base
-from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, resolve_ttl
+from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Get, Keep, resolve_ttl
 from cacheorm.backends.memcached import (
     MAX_KEY_LENGTH,
     PING_KEY,
@@ -98,6 +98,7 @@ from cacheorm.backends.memcached import (
     _Unbatched,
     _write_expiry,
     _write_job,
+    fetches,
     memcached_key,
 )
 from cacheorm.errors import BackendError, CacheORMError, ValidationError
@@ -412,15 +413,20 @@ class _Pool:
         self.idle = []
 
 
+MERGE_LIMIT: Final = 256
+"""The most jobs one merged call gathers; more make another, sent at once, so that
+the server works on one while this process reads the replies of another."""
+
 _Jobs: TypeAlias = "Sequence[_Job[object] | CacheORMError]"
 
 
 class _Merged:
     """Calls gathered in one turn of the event loop, to run as one call."""
 
-    __slots__ = ("calls", "task")
+    __slots__ = ("calls", "size", "task")
 
     def __init__(self) -> None:
+        self.size = 0  # jobs of the calls
         self.calls: list[tuple[_Jobs, asyncio.Future[list[object]]]] = []
         self.task: asyncio.Task[None] | None = None  # once sent
 
@@ -591,17 +597,22 @@ class AsyncMemcachedBackend:
         loop = self._bound.loop
         assert loop is not None  # set by _own_connections
         merged = self._gathering
+        if merged is not None and merged.size + len(jobs) > MERGE_LIMIT:
+            self._flush(merged)  # full: sent now, so the server works while we read
+            merged = None
         if merged is None:
             merged = self._gathering = _Merged()
             loop.call_soon(self._flush, merged)
         done: asyncio.Future[list[object]] = loop.create_future()
         call = (jobs, done)
         merged.calls.append(call)
+        merged.size += len(jobs)
         try:
             return await done
         except asyncio.CancelledError:
             if merged.task is None:  # not sent: nothing ran
                 merged.calls.remove(call)
+                merged.size -= len(jobs)
                 raise
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait((merged.task,))
@@ -611,7 +622,7 @@ class AsyncMemcachedBackend:
         """Send the calls gathered in the last turn of the event loop, as one call."""
         if self._gathering is merged:
             self._gathering = None
-        if merged.calls:
+        if merged.calls and merged.task is None:
             merged.task = asyncio.get_running_loop().create_task(self._run_merged(merged))
 
     async def _run_merged(self, merged: _Merged) -> None:
@@ -704,8 +715,27 @@ class AsyncMemcachedBackend:
 
     async def get_many(self, *keys: bytes) -> list[bytes | None]:
         """Return the values in key order with one ``get`` per server."""
-        jobs = [_get_job(memcached_key(key)) for key in keys]
-        return cast("list[bytes | None]", await self._many(jobs))
+        results = await self._fetch(keys)
+        for result in results:
+            if isinstance(result, CacheORMError):
+                raise result
+        return cast("list[bytes | None]", results)
+
+    async def _fetch(self, keys: Sequence[bytes]) -> list[object]:
+        """Read the keys (one ``get`` per server); each value, ``None`` or error, in order.
+
+        Run at once, not merged with other calls (it is a batch already).
+        """
+        self._own_connections()
+        exchanges, results = fetches(keys, self._room, self._place)
+        self._running += 1
+        try:
+            await self._converse(cast("list[_Exchange[_Pool]]", exchanges))
+        finally:
+            self._running -= 1
+        for exchange in exchanges:
+            exchange.fill(results)
+        return results
 
     async def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
         """Return the value and its remaining seconds (``0.0`` = never), from its flags."""
@@ -766,6 +796,8 @@ class AsyncMemcachedBackend:
 
     async def batch(self, commands: Sequence[Command]) -> list[object]:
         """Run the commands with one pipeline per server; results (or errors) in command order."""
+        if all(type(command) is Get for command in commands):
+            return await self._fetch([command.key for command in commands])
         try:
             jobs = _jobs(commands, self.default_ttl)
         except _Unbatched:
