@@ -499,7 +499,9 @@ def send_phase(backend: Backend, commands: Sequence[Command], miss_on_error: boo
         CacheORMError: the call as a whole failed (and ``BackendError`` only
             without ``miss_on_error``).
     """
-    gate = Outage.gate(backend, commands) if miss_on_error else None
+    if not miss_on_error:  # the common case: nothing to observe
+        return dispatch(backend, commands)
+    gate = Outage.gate(backend, commands)
     if gate is None:
         try:
             outcome: list[object] | BackendError = dispatch(backend, commands)

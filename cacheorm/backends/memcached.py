@@ -520,12 +520,13 @@ def _with_ttl(item: _Item | None, now: float) -> tuple[bytes, float] | None:
 class _Node:
     """One memcached server: the pymemcache ``Client`` that holds its socket, and its name."""
 
-    __slots__ = ("client", "name", "owned", "prefix", "timeout")
+    __slots__ = ("client", "name", "owned", "prefix", "timeout", "used")
 
     def __init__(self, client: Client, name: str, owned: bool) -> None:
         self.client = client
         self.name = name
         self.owned = owned
+        self.used = 0.0  # time.monotonic() when its last exchange ended well
         self.prefix = client.key_prefix
         self.timeout = math.inf if client.timeout is None else client.timeout
 
@@ -1008,6 +1009,8 @@ def _converse(exchanges: list[_Exchange[_Node]]) -> None:
             if _serve(exchange, mask, poller):
                 poller.unregister(fd)
                 del live[fd]
+                if exchange.error is None:
+                    exchange.node.used = now
             else:
                 exchange.deadline = now + exchange.node.timeout
         for fd, exchange in list(live.items()):
@@ -1046,16 +1049,24 @@ def _converse_one(exchange: _Exchange[_Node]) -> None:
             exchange.sent = len(exchange.out)  # if it failed, some may have left
         while not exchange.done:
             _receive(exchange, sock)
+        exchange.node.used = time.monotonic()
     except (OSError, _Desync) as err:
         _fail(exchange, *_failure(err, exchange.node.timeout))
 
 
 def _connected(exchange: _Exchange[_Node]) -> socket.socket | None:
     """The server's socket, connected if need be; ``None`` (the exchange failed) if it cannot be."""
-    client = exchange.node.client
+    node = exchange.node
+    client = node.client
     sock = client.sock
-    # (Not TLS: its session tickets can make a sound idle connection readable.)
-    if sock is not None and not isinstance(sock, ssl.SSLSocket) and _stale(sock):
+    # Not a connection that answered in full a moment ago (a poll costs a system
+    # call per call), nor TLS (its session tickets can make a sound idle one readable).
+    if (
+        sock is not None
+        and time.monotonic() - node.used > _FRESH
+        and not isinstance(sock, ssl.SSLSocket)
+        and _stale(sock)
+    ):
         # Closed by the server while idle (a restart, an idle timeout), or holding
         # bytes nobody asked for: start afresh; nothing was sent on it yet.
         logger.debug("memcached %s: reconnecting a stale connection", exchange.node.name)
@@ -1067,6 +1078,11 @@ def _connected(exchange: _Exchange[_Node]) -> socket.socket | None:
             _fail(exchange, "cannot be connected", err)
             return None
     return client.sock
+
+
+_FRESH: Final = 0.02
+"""Seconds after a sound exchange during which its connection is not checked for staleness
+(a server restarted within them costs a call a ``BackendError``, never a resend)."""
 
 
 def _stale(sock: socket.socket) -> bool:
@@ -1266,7 +1282,7 @@ class MemcachedBackend:
     ) -> None:
         self.default_ttl = resolve_ttl(default_ttl, 0)
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._forks = base.forks()
         self._owns_client = client is None
         if client is None:
             client = _new_client(servers, connect_timeout, timeout)
@@ -1294,7 +1310,7 @@ class MemcachedBackend:
         """Drop every socket (after a fork they are the parent's: closing ours leaves its open)."""
         for node in self._nodes:
             node.client.close()
-        self._pid = os.getpid()
+        self._forks = base.forks()
 
     def _execute(
         self, jobs: Sequence[_Job[object] | CacheORMError], placed: _Placed[_Node] | None = None
@@ -1310,7 +1326,7 @@ class MemcachedBackend:
         """
         results: list[object] = [None] * len(placed if placed is not None else jobs)
         with self._lock:
-            if self._pid != os.getpid():
+            if self._forks != base.forks():
                 self._forget_connections()
             if placed is not None:
                 queues = _placed_queues(placed)
@@ -1328,8 +1344,30 @@ class MemcachedBackend:
         return results
 
     def _one(self, job: _Job[_T]) -> _T:
-        """Run one command; return its result or raise its error."""
-        result = self._execute((job,))[0]
+        """Run one command; return its result or raise its error.
+
+        A command of one request (the common case) is one exchange, without the
+        rounds' bookkeeping of :meth:`_execute`.
+        """
+        if job.steps is not None or len(job.key) > self._room:
+            result = self._execute((job,))[0]
+        else:
+            exchange = _alone(job, self._place)
+            with self._lock:
+                if self._forks != base.forks():
+                    self._forget_connections()
+                try:
+                    _converse([exchange])
+                    result, queues = _alone_result(exchange)
+                    if queues:  # it sends another request: the rounds take it on
+                        results = cast("list[object]", result)
+                        failed: dict[_Node, BackendError] = {}
+                        while queues:
+                            queues = _round(queues, failed, results)
+                        result = results[0]
+                except BaseException:
+                    self._forget_connections()  # as in _execute
+                    raise
         if isinstance(result, CacheORMError):
             raise result
         return cast("_T", result)
@@ -1388,7 +1426,7 @@ class MemcachedBackend:
         """Read the keys (one ``get`` per server); each value, ``None`` or error, in order."""
         exchanges, results = fetches(keys, self._room, self._place)
         with self._lock:
-            if self._pid != os.getpid():
+            if self._forks != base.forks():
                 self._forget_connections()
             try:
                 _converse(cast("list[_Exchange[_Node]]", exchanges))
@@ -1541,7 +1579,7 @@ class MemcachedBackend:
         """
         exchanges = [_Exchange(node, [_Task(0, _get_job(PING_KEY))]) for node in self._nodes]
         with self._lock:
-            if self._pid != os.getpid():
+            if self._forks != base.forks():
                 self._forget_connections()
             try:
                 _converse(exchanges)
@@ -1832,6 +1870,29 @@ def _enqueue(
         if job.steps is None or _advance(task, None, results, None):
             queues.setdefault(place(job.key), []).append(task)
     return queues
+
+
+def _alone(job: _Job[object], place: Callable[[bytes], _N]) -> _Exchange[_N]:
+    """The exchange of a command of one request run alone (the common call), without rounds.
+
+    For a job whose ``steps`` is ``None`` and whose key fits; see :func:`_alone_result`.
+    """
+    return _Exchange(place(job.key), [_Task(0, job)])
+
+
+def _alone_result(exchange: _Exchange[_N]) -> tuple[object, dict[_N, list[_Task]]]:
+    """The result (or error) of an :func:`_alone` exchange once run, and what is left to run.
+
+    Something is left when the command sends another request (a store refused
+    as too large deletes the old value): its queue then runs as rounds do.
+    """
+    if exchange.error is not None:
+        return exchange.error_for(0), {}
+    results: list[object] = [None]
+    task = exchange.tasks[0]
+    if _advance(task, exchange.replies[0], results, exchange.node.name):
+        return results, {exchange.node: [task]}
+    return results[0], {}
 
 
 def _too_long(key: bytes, room: int) -> ValidationError:
