@@ -25,7 +25,7 @@ flags), the same key placement and the same "never resend what may have run"
 rules as the sync backend, and each would need an adapter as large as the
 client below. So this module is a small client on asyncio's ``Protocol``
 API that reuses :mod:`cacheorm.backends.memcached`'s sans-I/O core unchanged:
-the same commands as generators of requests (``_incr_steps``, ``_cas_steps``
+the same commands as generators of requests (``_incr_steps``, ``_touch_steps``
 ...), the same request framing and reply parsing (``_Exchange``), the same
 rounds (one pipeline per server per round, one key's commands in order), the
 same placement (``HashClient``'s rendezvous hashing over the same server
@@ -78,10 +78,10 @@ from cacheorm.backends.memcached import (
     PING_KEY,
     _alone,
     _alone_result,
-    _cas_steps,
+    _cas_job,
     _clear_steps,
     _Closed,
-    _delete_if_steps,
+    _delete_if_job,
     _delete_job,
     _Desync,
     _end_round,
@@ -793,12 +793,12 @@ class AsyncMemcachedBackend:
     ) -> bool:
         """Store ``value`` only if the key is unchanged since ``gets``."""
         k = memcached_key(key)
-        return await self._one(_Job(k, False, _cas_steps(k, value, token, ttl, self.default_ttl)))
+        return await self._one(_cas_job(k, value, token, ttl, self.default_ttl))
 
     async def delete_if(self, key: bytes, token: CasToken) -> bool:
         """Delete the key only if unchanged since ``gets``."""
         k = memcached_key(key)
-        return await self._one(_Job(k, True, _delete_if_steps(k, token)))
+        return await self._one(_delete_if_job(k, token))
 
     async def batch(self, commands: Sequence[Command]) -> list[object]:
         """Run the commands with one pipeline per server; results (or errors) in command order."""

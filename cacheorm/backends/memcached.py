@@ -385,22 +385,33 @@ def _write_expiry(ttl: TTL, default: int) -> tuple[int, int]:
     return _expiry(resolve_ttl(ttl, default))
 
 
-def _cas_steps(
+def _cas_job(
     key: bytes, value: bytes, token: CasToken, ttl: int | Keep | None, default: int
-) -> _Steps[bool]:
+) -> _Job[bool]:
+    """A ``cas``: whether it stored (a store refused as too large deletes the old value).
+
+    Raises:
+        ValidationError: a token that is not this backend's, or an illegal TTL.
+    """
     token = base.check_token(token, _McToken, "cas")
     if ttl is KEEP_TTL:  # re-send the absolute expiry remembered in the item's flags
         exptime, flags = _kept_expiry(token.flags), token.flags
     else:
         exptime, flags = _expiry(resolve_ttl(ttl, default))
-    return (yield from _store(_storage(b"cas", key, value, exptime, flags, token.cas))) == b"STORED"
+    return _Job(
+        key, False, request=_storage(b"cas", key, value, exptime, flags, token.cas), finish=_stored
+    )
 
 
-def _delete_if_steps(key: bytes, token: CasToken) -> _Steps[bool]:
+def _delete_if_job(key: bytes, token: CasToken) -> _Job[bool]:
+    """Delete if unchanged: memcached has no compare-and-delete, so a ``cas`` with a
+    negative exptime writes an already-expired item, which no later read can see.
+
+    Raises:
+        ValidationError: a token that is not this backend's.
+    """
     token = base.check_token(token, _McToken, "delete_if")
-    # memcached has no compare-and-delete: a cas with a negative exptime writes an
-    # already-expired item, which no later read can see.
-    return (yield _storage(b"cas", key, b"", -1, 0, token.cas)) == b"STORED"
+    return _Job(key, True, request=_storage(b"cas", key, b"", -1, 0, token.cas), finish=_stored)
 
 
 def _touch_steps(key: bytes, ttl: TTL, default: int) -> _Steps[bool]:
@@ -1503,7 +1514,7 @@ class MemcachedBackend:
         ``KEEP_TTL`` re-sends the absolute expiry remembered in the item's flags.
         """
         k = memcached_key(key)
-        return self._one(_Job(k, False, _cas_steps(k, value, token, ttl, self.default_ttl)))
+        return self._one(_cas_job(k, value, token, ttl, self.default_ttl))
 
     def delete_if(self, key: bytes, token: CasToken) -> bool:
         """Delete the key only if unchanged since ``gets``.
@@ -1512,7 +1523,7 @@ class MemcachedBackend:
         writes an already-expired item, which no later read can see.
         """
         k = memcached_key(key)
-        return self._one(_Job(k, True, _delete_if_steps(k, token)))
+        return self._one(_delete_if_job(k, token))
 
     def batch(self, commands: Sequence[Command]) -> list[object]:
         """Run the commands with one pipeline per server; results in command order.
@@ -1646,9 +1657,9 @@ def _job(command: Command, default: int) -> _Job[object]:
         case base.Delete():
             return _delete_job(k)
         case base.Cas():
-            return _Job(k, False, _cas_steps(k, command.value, command.token, command.ttl, default))
+            return _cas_job(k, command.value, command.token, command.ttl, default)
         case base.DeleteIf():
-            return _Job(k, True, _delete_if_steps(k, command.token))
+            return _delete_if_job(k, command.token)
         case base.Incr():
             return _Job(k, False, _incr_steps(k, command.delta))
         case base.Clear():
