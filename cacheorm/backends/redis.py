@@ -928,13 +928,18 @@ class RedisCore:
         groups = list(by_slot.values())
         wires = []
         for slot, group in by_slot.items():
-            wire = Wire(("MGET", *[keys[i] for i in group]), keys[group[0]], True)
+            first = keys[group[0]]
+            # A slot of one key (most, on a cluster): GET, whose reply is the value itself.
+            args = ("GET", first) if len(group) == 1 else ("MGET", *[keys[i] for i in group])
+            wire = Wire(args, first, True)
             wire.slot = slot  # computed once (-1 on a standalone server: never routed)
             wires.append(wire)
         yield from self.run(wires)
         found: list[object] = [None] * len(keys)
         for group, wire in zip(groups, wires, strict=True):
             outcome = wire.outcome
+            if isinstance(outcome, DecodeError):  # a GET's WRONGTYPE: missing, as for MGET
+                outcome = None
             values = outcome if isinstance(outcome, list) else [outcome] * len(group)
             for index, value in zip(group, values, strict=True):
                 found[index] = value

@@ -50,12 +50,28 @@ def pack(commands: Iterable[tuple[object, ...]]) -> bytes:
     b'*2\\r\\n$3\\r\\nGET\\r\\n$1\\r\\nk\\r\\n*3\\r\\n$6\\r\\nINCRBY\\r\\n$1\\r\\nn\\r\\n$1\\r\\n5\\r\\n'
     """
     out: list[bytes] = []
+    add = out.append
     for args in commands:
-        out.append(b"*%d\r\n" % len(args))
+        add(b"*%d\r\n" % len(args))
         for arg in args:
-            data = _arg(arg)
-            out += (b"$%d\r\n" % len(data), data, b"\r\n")
+            if type(arg) is str:  # a command's name: encoded once
+                head = _NAMES.get(arg)
+                if head is None:
+                    data = arg.encode()
+                    head = b"$%d\r\n%b\r\n" % (len(data), data)
+                    if len(_NAMES) < 256:
+                        _NAMES[arg] = head
+                add(head)
+                continue
+            data = arg if type(arg) is bytes else _arg(arg)
+            add(b"$%d\r\n" % len(data))
+            add(data)
+            add(b"\r\n")
     return b"".join(out)
+
+
+_NAMES: dict[str, bytes] = {}
+"""Command names (and other ``str`` arguments) as packed, remembered up to a bound."""
 
 
 def parse(buffer: bytes, pos: int, parse_error: ParseError) -> tuple[object, int]:
@@ -97,8 +113,24 @@ def parse(buffer: bytes, pos: int, parse_error: ParseError) -> tuple[object, int
             return None, after
         items: list[object] = []
         for _ in range(count):
-            item, after = parse(buffer, after, parse_error)
-            items.append(item)
+            if not buffer.startswith(b"$", after):
+                item, after = parse(buffer, after, parse_error)
+                items.append(item)
+                continue
+            # A bulk string (an MGET's values), inlined: a call less per element.
+            line_end = buffer.find(b"\r\n", after)
+            if line_end < 0:
+                raise Incomplete(len(buffer) + 1)
+            size = int(buffer[after + 1 : line_end])
+            after = line_end + 2
+            if size < 0:
+                items.append(None)
+                continue
+            end = after + size
+            if len(buffer) < end + 2:
+                raise Incomplete(end + 2)
+            items.append(buffer[after:end])
+            after = end + 2
         return items, after
     if kind == 45:  # - error
         return parse_error(head.decode("utf-8", errors="replace")), after
