@@ -63,6 +63,7 @@ __all__ = [
     "TimeField",
     "TimestampField",
     "UUIDField",
+    "kept_as_is",
 ]
 
 T_co = TypeVar("T_co", covariant=True)
@@ -749,6 +750,41 @@ class NullableField(Field[S | None]):
 
     def load(self, data: Primitive) -> S | None:
         return None if data is None else self.inner.load(data)
+
+
+def kept_as_is(field: Field[object], var: str, env: dict[str, object], nullable: bool) -> str:
+    """Python source of a test that ``field.prepare(var)`` would return ``var`` itself.
+
+    For a schema's compiled fast check (see ``Schema.prepare``): true only when
+    the value is valid and stored as it is; false (or an exception) sends the
+    record down the field-by-field path, which gives the error. The common
+    field types are tested inline; any other asks its own ``prepare``.
+    ``nullable``: ``None`` may pass (the field has no default to put in its
+    place). ``env`` receives the names the source uses.
+    """
+    kind = type(field)
+    if kind is StringField:  # non-ASCII text takes the path that checks it
+        return f"(type({var}) is str and {var}.isascii())"
+    if kind is IntegerField or kind is AutoField:
+        return f"(type({var}) is int and {INT64_MIN} <= {var} <= {INT64_MAX})"
+    if kind is FloatField:
+        env["_isfinite"] = math.isfinite
+        return f"(type({var}) is float and _isfinite({var}))"
+    if kind is BooleanField:
+        return f"(type({var}) is bool)"
+    if kind is BinaryField:
+        return f"(type({var}) is bytes)"
+    if kind is DateTimeField:
+        env["_datetime"] = dt.datetime
+        offset_ok = f"({var}.tzinfo is None or not {var}.utcoffset().microseconds)"
+        return f"(type({var}) is _datetime and {offset_ok})"
+    if kind is NullableField and nullable:
+        inner = cast("NullableField[object]", field).inner
+        return f"({var} is None or {kept_as_is(inner, var, env, False)})"
+    name = f"_prepare_{len(env)}"
+    env[name] = field.prepare
+    test = f"{name}({var}) is {var}"
+    return f"({test})" if nullable else f"({var} is not None and {test})"
 
 
 SIMPLE_FIELDS: Mapping[object, Callable[[], Field[object]]] = {

@@ -51,6 +51,7 @@ from cacheorm.fields import (
     Field,
     ListField,
     NullableField,
+    kept_as_is,
 )
 from cacheorm.keys import KeyCodec, KeyFormat
 
@@ -363,6 +364,7 @@ class _RecordCodec:
         "fields",
         "fills_none",
         "hints",
+        "kept",
         "kind",
         "load_defaults",
         "name_set",
@@ -403,6 +405,7 @@ class _RecordCodec:
         self._compile_read(shape.defaults, schema_defaults)
         self.values_of = self._compile_values_of()
         self.build = self._compile_build()
+        self.kept = self._compile_kept(schema_defaults)
         dict_kind = shape.kind is _Kind.TYPEDDICT
         self.prepare = self._prepare_dict if dict_kind else self._prepare_object
         self.dump = self._dump_dict if dict_kind else self._dump_object
@@ -416,6 +419,32 @@ class _RecordCodec:
         self.to_convert = tuple(
             (n, rules[n].dump) for n in self.names if not rules[n].dump_is_identity
         )
+
+    def _compile_kept(self, schema_defaults: Mapping[str, Default]) -> Callable[[object], bool]:
+        """A compiled test that a record of exactly the record type is stored as it is.
+
+        True only when every value passes its field's rule unchanged (see
+        :func:`cacheorm.fields.kept_as_is`): ``prepare`` then returns the record
+        without its field-by-field loop. False, or an exception, means nothing:
+        the loop decides (and names the field at fault).
+        """
+        if self.kind is _Kind.TYPEDDICT:
+            return lambda record: False  # a dict is always copied
+        env: dict[str, object] = {"_values_of": self.values_of}
+        names = [f"v{i}" for i in range(len(self.names))]
+        tests = [
+            kept_as_is(self.fields[name], var, env, name not in schema_defaults)
+            for name, var in zip(self.names, names, strict=True)
+        ]
+        source = (
+            "def kept(record):\n"
+            f"    {', '.join(names)}, = _values_of(record)\n"
+            f"    return {' and '.join(tests) or 'True'}\n"
+        )
+        exec(
+            compile(source, f"<cacheorm.schema kept {self.record_type.__name__}>", "exec"), env
+        )  # source built above from field types only
+        return cast("Callable[[object], bool]", env["kept"])
 
     def _compile_read(
         self, record_defaults: Mapping[str, Default], schema_defaults: Mapping[str, Default]
@@ -493,6 +522,12 @@ class _RecordCodec:
         return out
 
     def _prepare_object(self, record: object) -> object:
+        if type(record) is self.record_type:
+            try:
+                if self.kept(record):
+                    return record  # already as it will be stored (records are immutable)
+            except Exception:  # the loop below gives the error
+                pass
         if not isinstance(record, self.record_type):
             self._refuse(record)
         values = list(self.values_of(record))

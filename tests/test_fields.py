@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import math
 import uuid
 import zoneinfo
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -365,3 +366,130 @@ def test_uuid_and_auto_field() -> None:
     value = uuid.uuid4()
     assert co.UUIDField().dump(value) == str(value)
     assert isinstance(co.AutoField(), co.IntegerField)
+
+
+# -- the compiled "stored as it is" check of Schema.prepare -------------------------------
+
+
+class Kept(NamedTuple):
+    id: int
+    name: str
+    score: float
+    flag: bool
+    blob: bytes
+    seen: dt.datetime
+    note: str | None = None
+    color: Color = Color.RED
+    level: int | None = None
+
+
+KEPT = co.Schema(Kept, key="id", defaults={"level": lambda: 7})
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(alphabet=st.characters(codec=None), max_size=4),
+    st.binary(max_size=4),
+    st.sampled_from([Color.RED, Color.BLUE, Level.LOW]),
+    st.datetimes(
+        timezones=st.one_of(
+            st.none(),
+            st.timedeltas(min_value=dt.timedelta(hours=-23), max_value=dt.timedelta(hours=23)).map(
+                dt.timezone
+            ),
+        )
+    ),
+)
+
+
+def _field_by_field(record: object) -> object:
+    """Schema.prepare with its compiled check turned off: the loop over the fields."""
+    codec = KEPT._codec
+    kept = codec.kept
+    codec.kept = lambda record: False
+    try:
+        return KEPT.prepare(record)  # type: ignore[arg-type]  # any values, on purpose
+    except co.ValidationError as err:
+        return err
+    finally:
+        codec.kept = kept
+
+
+_INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_ODD_OFFSET = dt.timezone(dt.timedelta(hours=1, microseconds=5))
+_EDGES = st.sampled_from(
+    [
+        math.nan,
+        math.inf,
+        2**63,
+        -(2**63) - 1,
+        True,
+        1,
+        1.0,
+        "\ud800",
+        "é",
+        None,
+        bytearray(b"x"),
+        dt.datetime(2026, 1, 1, tzinfo=_ODD_OFFSET),
+        dt.date(2026, 1, 1),
+        Level.LOW,
+    ]
+)
+# A record of valid values (but for NaN and infinities), then at most one field given
+# an edge case or anything at all.
+_KEPT_VALUES = st.tuples(
+    st.tuples(
+        _INT64,
+        st.text(alphabet=st.characters(max_codepoint=127), max_size=4),
+        st.floats(),  # NaN and infinities included
+        st.booleans(),
+        st.binary(max_size=4),
+        st.datetimes(timezones=st.one_of(st.none(), st.just(dt.UTC))),
+        st.one_of(st.none(), st.text(max_size=4)),
+        st.sampled_from(Color),
+        st.integers(min_value=0, max_value=9),
+    ),
+    st.integers(min_value=0, max_value=9),
+    st.one_of(_EDGES, _ANY_VALUE),
+).map(lambda made: tuple(made[2] if i == made[1] else v for i, v in enumerate(made[0])))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_KEPT_VALUES)
+def test_the_compiled_check_passes_only_records_the_loop_stores_as_they_are(
+    values: tuple[object, ...],
+) -> None:
+    """A record the fast check passes is one the field-by-field rules keep unchanged;
+    anything else (a NaN, an int out of range, a lone surrogate, a None that a default
+    replaces, a sub-second UTC offset, a wrong type) goes down the loop, which decides."""
+    record = Kept(*values)  # type: ignore[arg-type]  # any values, on purpose
+    try:
+        passed = KEPT._codec.kept(record)
+    except Exception:
+        passed = False
+    slow = _field_by_field(record)
+    if passed:
+        assert slow is record
+    fast = KEPT.prepare(record) if not isinstance(slow, Exception) else slow
+    assert fast == slow or (isinstance(slow, Exception) and isinstance(fast, Exception))
+
+
+def test_the_compiled_check_takes_the_common_record_and_refuses_what_it_must() -> None:
+    seen = dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    good = Kept(1, "Sam", 1.5, True, b"x", seen, None, Color.BLUE, 3)
+    assert KEPT._codec.kept(good) is True
+    assert KEPT.prepare(good) is good
+    for bad in (
+        good._replace(score=math.nan),
+        good._replace(id=2**63),
+        good._replace(id=True),
+        good._replace(name="\ud800"),
+        good._replace(level=None),  # its default replaces it
+        good._replace(seen=seen.replace(tzinfo=dt.timezone(dt.timedelta(microseconds=5)))),
+    ):
+        assert KEPT._codec.kept(bad) is False, bad
+    assert KEPT.prepare(good._replace(level=None)).level == 7
+    with pytest.raises(co.ValidationError, match="score"):
+        KEPT.prepare(good._replace(score=math.inf))
