@@ -31,7 +31,7 @@ import types
 import typing
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from operator import attrgetter, itemgetter
-from typing import Generic, NamedTuple, NoReturn, TypeVar, cast, get_args, get_origin
+from typing import Final, Generic, NamedTuple, NoReturn, TypeVar, cast, get_args, get_origin
 
 from typing_extensions import TypeVar as DefaultTypeVar
 
@@ -200,6 +200,10 @@ def _typeddict_required(record_type: type[object], label: str) -> frozenset[str]
 # -- field rules and defaults -------------------------------------------------
 
 
+_PLAIN_KEYS: Final = (str, int)
+"""Key types whose equal values are stored alike (not so a float, a Decimal, a tuple...)."""
+
+
 def _refuse_unknown(
     record_type: type[object],
     names: tuple[str, ...],
@@ -364,6 +368,7 @@ class _RecordCodec:
         "fields",
         "fills_none",
         "hints",
+        "index",
         "kept",
         "kind",
         "load_defaults",
@@ -405,6 +410,7 @@ class _RecordCodec:
         self._compile_read(shape.defaults, schema_defaults)
         self.values_of = self._compile_values_of()
         self.build = self._compile_build()
+        self.index = {name: i for i, name in enumerate(self.names)}
         self.kept = self._compile_kept(schema_defaults)
         dict_kind = shape.kind is _Kind.TYPEDDICT
         self.prepare = self._prepare_dict if dict_kind else self._prepare_object
@@ -969,6 +975,8 @@ class Schema(Generic[R, K]):
             ValidationError: ``record``'s key is not ``key``.
         """
         new = self.key_of(record)
+        if new == key and type(new) is type(key) and type(key) in _PLAIN_KEYS:
+            return  # equal str or int keys are stored alike: no need to encode them
         if self._keys.encode(new) != self._keys.encode(key):
             raise ValidationError(
                 f"{self.name} {key!r}: {by} cannot change the key (got {new!r}); "
@@ -990,14 +998,23 @@ class Schema(Generic[R, K]):
         if not checked:
             self.check_changes(changes)
         codec = self._codec
-        try:
-            merged = {**codec.as_mapping(record), **changes}
-        except ValidationError as err:
-            raise ValidationError(f"{self.name}: {err}") from err
         if codec.kind is _Kind.TYPEDDICT:
+            try:
+                merged = {**codec.as_mapping(record), **changes}
+            except ValidationError as err:
+                raise ValidationError(f"{self.name}: {err}") from err
             return self.prepare(cast("R", merged))
+        if not isinstance(record, codec.record_type):
+            try:
+                codec._refuse(record)
+            except ValidationError as err:
+                raise ValidationError(f"{self.name}: {err}") from err
+        values = list(codec.values_of(record))
+        index = codec.index
+        for name, value in changes.items():  # names known: check_changes passed them
+            values[index[name]] = value
         try:
-            candidate = codec.build([merged[n] for n in codec.names])
+            candidate = codec.build(values)
         except Exception as err:
             raise ValidationError(f"{self.name}: the changes were rejected: {err}") from err
         return self.prepare(cast("R", candidate))
