@@ -644,18 +644,7 @@ class _Exchange(Generic[_N]):
     )
 
     def __init__(self, node: _N, tasks: list[_Task]) -> None:
-        self.node = node
-        self.tasks = tasks
-        self.sent = 0
-        self.buf = bytearray()
-        self.need = 0
-        self.group = 0
-        self.found: dict[bytes, _Item] = {}
-        self.kept: list[bytes] = []  # what a listing picked so far
-        self.replies: list[_Item | bytes | list[bytes] | CacheORMError | None] = []
-        self.error: BackendError | None = None
-        self.reason = ""
-        self.deadline = math.inf
+        self._begin(node, tasks)
         # groups: the tasks [start, stop) one command line serves, and for a
         # fetch the keys it asked for; ends: where each task's command ends in out.
         self.groups: list[tuple[int, int, frozenset[bytes] | None]]
@@ -703,6 +692,21 @@ class _Exchange(Generic[_N]):
             self.groups.append((index, stop, wanted))
             index = stop
         self.out = b"".join(parts)
+
+    def _begin(self, node: _N, tasks: list[_Task]) -> None:
+        """The state of an exchange not yet sent: nothing sent, read or failed."""
+        self.node = node
+        self.tasks = tasks
+        self.sent = 0
+        self.buf = bytearray()
+        self.need = 0
+        self.group = 0
+        self.found: dict[bytes, _Item] = {}
+        self.kept: list[bytes] = []  # what a listing picked so far
+        self.replies: list[_Item | bytes | list[bytes] | CacheORMError | None] = []
+        self.error: BackendError | None = None
+        self.reason = ""
+        self.deadline = math.inf
 
     @property
     def done(self) -> bool:
@@ -891,20 +895,12 @@ class _Fetches(_Exchange[_N]):
     __slots__ = ("keys", "slots", "wanted")
 
     def __init__(self, node: _N, keys: list[bytes], slots: list[int]) -> None:
-        # Only what the transports, parse and fail use: not super().__init__.
-        self.node = node
+        # Not super().__init__: no tasks to frame.
+        self._begin(node, [])
         self.keys = keys
         self.slots = slots
-        self.sent = 0
-        self.buf = bytearray()
-        self.need = 0
-        self.group = 0
         self.groups = [(0, len(keys), None)]  # one reply: done once it is in
-        self.found: dict[bytes, _Item] = {}
-        self.replies = []
-        self.error = None
-        self.reason = ""
-        self.deadline = math.inf
+        self.ends = []
         prefix = node.prefix
         asked = [prefix + key for key in keys] if prefix else keys
         self.wanted = frozenset(asked)
