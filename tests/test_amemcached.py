@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import cacheorm as co
+from cacheorm.backends import amemcached
 from cacheorm.backends.base import Get, Incr, Set
 from tests.proxy import Proxy
 from tests.servers import frozen
@@ -157,6 +158,52 @@ def test_200_concurrent_cas_increments_count_exactly(
         await aio.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_concurrent_calls_share_round_trips_and_each_gets_its_own_answer(
+    memcached_servers: list[MemcachedServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 tasks calling at once: far fewer exchanges than calls, and every call its own
+    result or error (an incr of a value that is no counter fails that call alone)."""
+    addresses = _fresh(memcached_servers[1:3])
+    exchanges = 0
+    real = amemcached._Conn.converse
+
+    async def counted(self: amemcached._Conn, *args: object) -> Exception | None:
+        nonlocal exchanges
+        exchanges += 1
+        return await real(self, *args)  # type: ignore[arg-type]  # converse's own arguments
+
+    async def main() -> None:
+        aio = co.AsyncMemcachedBackend(addresses)
+        await aio.set_many({b"k%d" % i: b"v%d" % i for i in range(0, 50, 2)})
+        await aio.set(b"n", b"0")
+        monkeypatch.setattr(amemcached._Conn, "converse", counted)
+
+        async def call(i: int) -> object:
+            try:
+                if i == 7:
+                    return await aio.incr(b"k0")  # refused: b"v0" is no counter
+                if i % 5 == 4:
+                    return await aio.incr(b"n")
+                return await aio.get(b"k%d" % i)
+            except co.CacheORMError as err:
+                return err
+
+        for _ in range(3):
+            results = await asyncio.gather(*(call(i) for i in range(50)))
+            for i, result in enumerate(results):
+                if i == 7:
+                    assert isinstance(result, co.CacheORMError), result
+                elif i % 5 != 4:
+                    assert result == (b"v%d" % i if i % 2 == 0 else None), (i, result)
+        counters = sorted(result for i, result in enumerate(results) if i % 5 == 4)
+        assert counters == list(range(21, 31))  # 10 incrs a pass, none lost or doubled
+        await aio.aclose()
+
+    asyncio.run(main())
+    assert 0 < exchanges < 3 * 50 // 4, exchanges  # calls shared round trips
 
 
 def _work(
