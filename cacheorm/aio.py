@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable, Mapping
 from typing import Any, Concatenate, Generic, Protocol, cast, overload
 
@@ -76,6 +77,22 @@ def twin(
     declared = DECLARED[function.__name__]
     plan = cast("Callable[Concatenate[Repo[R, K], P], Plan[T]]", declared.plan)  # its own T
     name = declared.name
+
+    kinds = [parameter.kind for parameter in inspect.signature(plan).parameters.values()]
+    if kinds == [inspect.Parameter.POSITIONAL_ONLY] * 2:
+        # The common shape (get, insert, delete, ...) without *args packing, as in sync.
+        plan_of_one = cast("Callable[[Repo[R, K], object], Plan[T]]", plan)
+
+        async def run_one_arg(repo: Repo[R, K], arg: object, /) -> T:
+            direct = repo.aio_direct  # TypeError for a backend that blocks on I/O
+            miss = repo.on_backend_error == "miss"
+            if repo.stats is not None:  # instrumented: counted (cacheorm.stats)
+                counted = observed(name, repo, plan_of_one(repo, arg), arg)
+                return await run_one_async(repo.backend, counted, miss, direct)
+            return await run_one_async(repo.backend, plan_of_one(repo, arg), miss, direct)
+
+        runner = cast("Callable[Concatenate[Repo[R, K], P], Coroutine[Any, Any, T]]", run_one_arg)
+        return dressed(runner, function, __name__, lambda result: result)
 
     # _drive inlined: one coroutine frame less on every call.
     async def run(repo: Repo[R, K], /, *args: P.args, **kwargs: P.kwargs) -> T:

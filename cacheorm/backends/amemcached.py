@@ -189,6 +189,7 @@ class _Conn(asyncio.Protocol):
         if self.timer is None:  # else the pending one re-arms itself from self.last
             self.timer = self.loop.call_at(self.last + timeout, self._check, timeout)
         cancelled: asyncio.CancelledError | None = None
+        answered = False
         try:
             transport.write(exchange.out)
             try:
@@ -196,13 +197,16 @@ class _Conn(asyncio.Protocol):
             except asyncio.CancelledError as err:
                 cancelled = err
                 outcome = await self._finish(exchange)
+            answered = outcome is None
         except BaseException:
             self.close()  # interrupted mid-exchange: its replies must never reach another call
             raise
         finally:
-            # What the server may have received: all but what is still buffered here.
-            unsent = 0 if transport.is_closing() else transport.get_write_buffer_size()
-            exchange.sent = len(exchange.out) - unsent
+            if answered:  # every reply came: the server had it all
+                exchange.sent = len(exchange.out)
+            else:  # what the server may have received: all but what is still buffered here
+                unsent = 0 if transport.is_closing() else transport.get_write_buffer_size()
+                exchange.sent = len(exchange.out) - unsent
             self.exchange = self.waiter = None
         if outcome is not None:
             self.close()

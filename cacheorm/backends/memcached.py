@@ -1895,9 +1895,12 @@ def _alone_result(exchange: _Exchange[_N]) -> tuple[object, dict[_N, list[_Task]
     """
     if exchange.error is not None:
         return exchange.error_for(0), {}
+    task, reply = exchange.tasks[0], exchange.replies[0]
+    finish = task.finish
+    if finish is not None and (reply is None or type(reply) is tuple):
+        return finish(reply), {}  # a fetch's item or miss, whose finish cannot fail
     results: list[object] = [None]
-    task = exchange.tasks[0]
-    if _advance(task, exchange.replies[0], results, exchange.node.name):
+    if _advance(task, reply, results, exchange.node.name):
         return results, {exchange.node: [task]}
     return results[0], {}
 
