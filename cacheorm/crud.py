@@ -415,6 +415,14 @@ def get_or_none(repo: Repo[R, K], key: K, /) -> Plan[R | None]:
 
 def _record_or_none(repo: Repo[R, K], answer: object, key: K, bkey: bytes) -> R | None:
     """The record in a ``Get`` answer for ``key`` (``bkey``); ``None`` on a miss."""
+    codec = repo.codec
+    if codec is not None and type(answer) is bytes:  # the common case, as in _records_or_none
+        try:
+            record = codec.decode(answer, bkey)
+        except CacheORMError:
+            record = None
+        if record is not None and repo.schema.key_of(record) == key:
+            return record
     raw = _read(repo, answer)
     if raw is None:
         return None
