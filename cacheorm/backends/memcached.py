@@ -749,7 +749,10 @@ class _Exchange(Generic[_N]):
                     continue
                 line = data[pos:eol]
                 pos = eol + 2
-                self._reply(line, start, stop, wanted)
+                if wanted is None and line in cast("_Line", self.tasks[start].request).replies:
+                    self.replies.append(line)  # the common reply of a store or delete, inlined
+                else:
+                    self._reply(line, start, stop, wanted)
                 self.group += 1
         finally:
             del buf[:pos]
@@ -1612,12 +1615,29 @@ def _jobs(commands: Sequence[Command], default: int) -> list[_Job[object] | Cach
     """The jobs of a batch, in command order; a command that cannot run gets its error."""
     jobs: list[_Job[object] | CacheORMError] = []
     add = jobs.append
+    expiries: dict[TTL, tuple[int, int]] = {}  # a batch's sets share their TTL: resolved once
     for command in commands:
-        if type(command) is base.Get:  # the common case, inlined
+        kind = type(command)
+        if kind is base.Get or kind is base.Set:  # the common cases, inlined
             key = command.key
             if _PLAIN_KEY.fullmatch(key) is None:
                 key = memcached_key(key)
-            add(_Job(key, True, None, _Fetch(key, False), _value_of))
+            if kind is base.Get:
+                add(_Job(key, True, None, _Fetch(key, False), _value_of))
+                continue
+            store = cast("base.Set", command)
+            expiry = expiries.get(store.ttl)
+            if expiry is None:
+                try:
+                    expiry = expiries[store.ttl] = _write_expiry(store.ttl, default)
+                except CacheORMError as err:
+                    add(err)
+                    continue
+            value = store.value
+            exptime, flags = expiry
+            tail = b" %d %d %d\r\n%b\r\n" % (flags, exptime, len(value), value)
+            # _write_job(b"set", ...) inlined, positional: the hot path of a bulk write.
+            add(_Job(key, False, None, _Line(b"set", key, tail, _STORE_REPLIES), _set))
             continue
         try:
             add(_job(command, default))
