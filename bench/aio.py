@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import aiomcache
 import msgpack
@@ -46,6 +46,9 @@ SINGLE_TARGET = 1.15
 """cacheorm's µs per call at concurrency 1, at most this many times raw's."""
 MANY_TARGET = 0.9
 """cacheorm's throughput with 50 tasks, at least this fraction of raw's."""
+
+Token = TypeVar("Token")
+"""A raw memcached client's CAS token (bytes for :class:`RawMemcached`, int for aiomcache)."""
 
 Call = Callable[[int], Awaitable[object]]
 """One call on behalf of task ``t`` (its own key)."""
@@ -242,71 +245,84 @@ class RawMemcached:
         self.idle.clear()
 
 
-async def bench_memcached(address: tuple[str, int]) -> None:
-    client = RawMemcached(*address)
+async def _memcached_rows(
+    title: str,
+    address: tuple[str, int],
+    keys: list[bytes],
+    get: Callable[[bytes], Awaitable[bytes | None]],
+    get_many: Callable[[], Awaitable[list[bytes | None]]],
+    store: Callable[[bytes, bytes], Awaitable[object]],
+    gets: Callable[[bytes], Awaitable[tuple[bytes, Token]]],
+    cas: Callable[[bytes, bytes, Token], Awaitable[object]],
+) -> None:
+    """The four rows against one raw memcached client, given its primitives on ``keys``."""
     backend = co.AsyncMemcachedBackend(servers=[address])
     repo = co.Repo(ROW, backend=backend, serializer="msgpack")
     pack = msgpack.packb
-    keys = [b"raw:%d" % i for i in range(100)]
     await aio.insert_many(repo, [row(i) for i in range(100)])
     for i in range(100):
-        await client.set(keys[i], pack(raw_dict(i)))
+        await store(keys[i], pack(raw_dict(i)))
 
     async def raw_update(t: int) -> object:
-        value, cas = await client.gets(keys[t])
+        value, token = await gets(keys[t])
         d = unpack(value)
         assert isinstance(d, dict)
         d["score"] = 2.5
-        return await client.cas(keys[t], pack(d), cas)
-
-    async def raw_get_many() -> list[bytes | None]:
-        return await client.get_many(keys)
-
-    async def raw_set(t: int, value: bytes) -> object:
-        return await client.set(keys[t], value)
+        return await cas(keys[t], pack(d), token)
 
     try:
-        pairs = operations(repo, lambda t: client.get(keys[t]), raw_get_many, raw_set, raw_update)
-        await run_rows("memcached (aio vs raw)", pairs)
+        pairs = operations(
+            repo, lambda t: get(keys[t]), get_many, lambda t, v: store(keys[t], v), raw_update
+        )
+        await run_rows(title, pairs)
+    finally:
+        await backend.aclose()
+
+
+async def bench_memcached(address: tuple[str, int]) -> None:
+    client = RawMemcached(*address)
+    keys = [b"raw:%d" % i for i in range(100)]
+    try:
+        await _memcached_rows(
+            "memcached (aio vs raw)",
+            address,
+            keys,
+            client.get,
+            lambda: client.get_many(keys),
+            client.set,
+            client.gets,
+            client.cas,
+        )
     finally:
         await client.close()
-        await backend.aclose()
 
 
 async def bench_aiomcache(address: tuple[str, int]) -> None:
     client = aiomcache.Client(*address, pool_size=TASKS)
-    backend = co.AsyncMemcachedBackend(servers=[address])
-    repo = co.Repo(ROW, backend=backend, serializer="msgpack")
-    pack = msgpack.packb
     keys = [b"am:%d" % i for i in range(100)]
-    await aio.insert_many(repo, [row(i) for i in range(100)])
-    for i in range(100):
-        await client.set(keys[i], pack(raw_dict(i)))
 
-    async def raw_update(t: int) -> object:
-        value, cas = await client.gets(keys[t])
+    async def gets(key: bytes) -> tuple[bytes, int]:
+        value, token = await client.gets(key)
         assert value is not None
-        assert cas is not None
-        d = unpack(value)
-        assert isinstance(d, dict)
-        d["score"] = 2.5
-        return await client.cas(keys[t], pack(d), cas)
+        assert token is not None
+        return value, token
 
-    async def raw_get(t: int) -> bytes | None:
-        return await client.get(keys[t])
-
-    async def raw_get_many() -> list[bytes | None]:
+    async def get_many() -> list[bytes | None]:
         return list(await client.multi_get(*keys))
 
-    async def raw_set(t: int, value: bytes) -> object:
-        return await client.set(keys[t], value)
-
     try:
-        pairs = operations(repo, raw_get, raw_get_many, raw_set, raw_update)
-        await run_rows("memcached (aio vs aiomcache)", pairs)
+        await _memcached_rows(
+            "memcached (aio vs aiomcache)",
+            address,
+            keys,
+            client.get,
+            get_many,
+            client.set,
+            gets,
+            client.cas,
+        )
     finally:
         await client.close()
-        await backend.aclose()
 
 
 def main() -> None:
