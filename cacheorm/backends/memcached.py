@@ -373,7 +373,7 @@ def _delete_job(key: bytes) -> _Job[bool]:
 def _write_job(verb: bytes, key: bytes, value: bytes, expiry: tuple[int, int]) -> _Job[bool]:
     """``set``/``add``/``replace`` with a resolved ``(exptime, flags)``: whether it stored."""
     request = _storage(verb, key, value, *expiry)
-    return _Job(key, False, request=request, finish=_set if verb == b"set" else _stored)
+    return _Job(key, False, None, request, _set if verb == b"set" else _stored)  # positional: hot
 
 
 def _write_expiry(ttl: TTL, default: int) -> tuple[int, int]:
@@ -1633,11 +1633,7 @@ def _jobs(commands: Sequence[Command], default: int) -> list[_Job[object] | Cach
                 except CacheORMError as err:
                     add(err)
                     continue
-            value = store.value
-            exptime, flags = expiry
-            tail = b" %d %d %d\r\n%b\r\n" % (flags, exptime, len(value), value)
-            # _write_job(b"set", ...) inlined, positional: the hot path of a bulk write.
-            add(_Job(key, False, None, _Line(b"set", key, tail, _STORE_REPLIES), _set))
+            add(_write_job(b"set", key, store.value, expiry))
             continue
         try:
             add(_job(command, default))
