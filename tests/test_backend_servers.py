@@ -21,6 +21,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pymemcache.client.hash import HashClient
 
 import cacheorm as co
 from cacheorm.backends.base import KEEP_TTL, Cas, Command, Delete, Get, Gets, Incr, Set
@@ -175,6 +176,44 @@ def test_memcached_value_too_large_raises_and_drops_the_old_value(
     assert mc.get(b"k") is None
     mc.set(b"k", b"new")  # the connection is still usable
     assert mc.get(b"k") == b"new"
+
+
+def test_memcached_batch_of_sets_reports_each_key_and_keeps_one_keys_order(
+    mc: MemcachedBackend,
+) -> None:
+    big = b"x" * (2 * 1024 * 1024)
+    mc.set_many({b"a": b"old", b"b": b"old", b"c": b"old"})
+    # Distinct keys (one pipelined write per server): each slot has its own result.
+    results = mc.batch([Set(b"a", big), Set(b"b", b"new"), Set(b"c", b"x", ttl=-5)])
+    assert isinstance(results[0], co.ValueTooLarge)
+    assert results[1] is True
+    assert isinstance(results[2], co.ValidationError)
+    assert mc.get_many(b"a", b"b", b"c") == [None, b"new", b"old"]
+    # One key twice: the refused value's old one is deleted before the later write lands.
+    results = mc.batch([Set(b"b", big), Set(b"b", b"newer"), Set(b"a", b"1")])
+    assert isinstance(results[0], co.ValueTooLarge)
+    assert results[1:] == [True, True]
+    assert mc.get_many(b"a", b"b") == [b"1", b"newer"]
+
+
+def test_memcached_batch_of_sets_checks_key_length_against_the_key_prefix(
+    memcached_servers: list[MemcachedServer],
+) -> None:
+    node = memcached_servers[0]
+    client = HashClient([node.address], key_prefix=b"app:", timeout=2)
+    backend = MemcachedBackend(client=client)
+    long_key = b"k" * 248  # fits memcached's 250 bytes alone, not behind the prefix
+    results = backend.batch([Set(long_key, b"v"), Set(b"batch-short", b"v")])
+    assert isinstance(results[0], co.ValidationError)
+    assert "too long" in str(results[0])
+    assert results[1] is True
+    raw = node.client()
+    try:
+        assert raw.get(b"app:batch-short") == b"v"  # written behind the client's prefix
+    finally:
+        raw.close()
+    backend.close()
+    client.close()
 
 
 def test_redis_value_over_limit_raises_and_drops_the_old_value(redis_server: RedisServer) -> None:

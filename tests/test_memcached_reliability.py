@@ -202,6 +202,28 @@ def test_a_batch_of_every_kind_of_command_meets_one_timeout(server_factory: Serv
 
 
 @pytest.mark.timeout(30)
+def test_a_batch_of_sets_on_a_hung_server_meets_one_timeout_and_says_it_was_sent(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory.memcached()
+    backend = _backend(server.address)
+    keys = [b"key-%d" % i for i in range(20)]
+    with frozen(server.pid):
+        results, elapsed = _timed(lambda: backend.batch([Set(key, b"v") for key in keys]))
+    assert elapsed < ONE_TIMEOUT, f"20 sets took {elapsed:.2f} s"
+    assert isinstance(results, list)
+    for result in results:
+        assert isinstance(result, co.BackendError)
+        assert result.server == _name(server)
+        assert "outcome unknown" in str(result)  # sent in full: the server may run them
+    deadline = time.monotonic() + 5  # resumed, it runs what it received, once
+    while backend.get(keys[-1]) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert backend.get_many(*keys) == [b"v"] * 20
+    backend.close()
+
+
+@pytest.mark.timeout(30)
 def test_an_unreachable_server_costs_one_connect_timeout_per_call() -> None:
     with _unreachable() as address:
         backend = _backend(address)
