@@ -264,12 +264,14 @@ def insert(repo: Repo[R, K], record: R, /) -> Plan[R]:
         (stored,) = yield from _plan_write(repo, [prepared], False)
         return stored
     # One record with its key: _plan_write's general bookkeeping costs more than the rest.
-    prepared = _before(repo, "before_insert", prepared)
-    ns = repo.namespace
-    bkey = schema.encode_key(schema.key_of(prepared), ns)
+    hooks = repo.hooks
+    if hooks.before_insert:
+        prepared = _before(repo, "before_insert", prepared)
+    bkey = schema.encode_key(schema.key_of(prepared), repo.namespace)
     (ok,) = yield [Set(bkey, _encode(repo, prepared, bkey), repo.ttl)]
     _check(ok)
-    _notify(repo, "after_insert", prepared)
+    if hooks.after_insert:
+        _notify(repo, "after_insert", prepared)
     return prepared
 
 
@@ -308,9 +310,13 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
     (a record inserted earlier with an explicit id), it draws the next one
     instead of overwriting the other record.
     """
-    schema = repo.schema
+    schema, hooks = repo.schema, repo.hooks
     ns, ttl = repo.namespace, repo.ttl
-    auto = {i for i, r in enumerate(prepared) if schema.auto_key and schema.key_of(r) is None}
+    auto = (
+        {i for i, r in enumerate(prepared) if schema.key_of(r) is None}
+        if schema.auto_key
+        else set()
+    )
     stored = list(prepared)
     todo = list(range(len(stored)))
     for _ in range(MAX_AUTO_KEY_ATTEMPTS):
@@ -323,12 +329,14 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
                 stored[i] = _before(
                     repo, "before_insert", schema.with_key(prepared[i], first + offset)
                 )
-        for i in todo:
-            if i not in auto:
-                stored[i] = _before(repo, "before_insert", stored[i])
+        if hooks.before_insert:  # a batch without hooks skips them at once
+            for i in todo:
+                if i not in auto:
+                    stored[i] = _before(repo, "before_insert", stored[i])
         bkeys = [schema.encode_key(schema.key_of(stored[i]), ns) for i in todo]
+        kind = Add if only_new else Set
         commands: list[Command] = [
-            (Add if only_new or i in auto else Set)(bkey, _encode(repo, stored[i], bkey), ttl)
+            (Add if i in auto else kind)(bkey, _encode(repo, stored[i], bkey), ttl)
             for i, bkey in zip(todo, bkeys, strict=True)
         ]
         if not commands:
@@ -343,9 +351,10 @@ def _plan_write(repo: Repo[R, K], prepared: list[R], only_new: bool) -> Plan[lis
                     continue
                 raise AlreadyExists(f"{schema.name} {schema.key_of(stored[i])!r} already exists")
             retry.append(i)
-        for i in todo:
-            if i not in retry:
-                _notify(repo, "after_insert", stored[i])
+        if hooks.after_insert:
+            for i in todo:
+                if i not in retry:
+                    _notify(repo, "after_insert", stored[i])
         if not retry:
             return stored
         auto = set(retry)
@@ -535,11 +544,13 @@ def _plan_rmw(
             new = schema.evolve(old, edit, checked=True)  # by _check_changes, before the read
         else:
             new = schema.prepare((yield from invoke(edit, old)))
-        new = _before(repo, "before_update", new)
+        if repo.hooks.before_update:
+            new = _before(repo, "before_update", new)
         schema.check_same_key(key, new)
         (ok,) = yield [Cas(bkey, _encode(repo, new, bkey), token, ttl)]
         if _check(ok):
-            _notify(repo, "after_update", new)
+            if repo.hooks.after_update:
+                _notify(repo, "after_update", new)
             return new
         stats.count(repo, retries=1)  # lost the race: another writer changed it
         yield _backoff(attempt)
@@ -669,10 +680,13 @@ def delete(repo: Repo[R, K], key: K, /) -> Plan[bool]:
             served again once the server answers.
     """
     bkey = repo.schema.encode_key(key, repo.namespace)
-    _notify(repo, "before_delete", key)
+    hooks = repo.hooks
+    if hooks.before_delete:
+        _notify(repo, "before_delete", key)
     (existed,) = yield [Delete(bkey)]
     existed = bool(_check(existed))
-    _notify(repo, "after_delete", key)
+    if hooks.after_delete:
+        _notify(repo, "after_delete", key)
     return existed
 
 

@@ -769,7 +769,7 @@ class Schema(Generic[R, K]):
     _dump: Callable[[R], Payload]
     _load: Callable[[Primitive], R]
     _keys: KeyCodec
-    _key_getter: Callable[[object], object]
+    _key_getter: Callable[[R], K]  # set from _key_getter(), whose getter reads the key fields
     _key_index: tuple[int, ...]
 
     def __init__(
@@ -839,7 +839,7 @@ class Schema(Generic[R, K]):
             ValidationError: the record lacks a key field.
         """
         try:
-            return cast("K", self._key_getter(record))
+            return self._key_getter(record)
         except (KeyError, AttributeError, IndexError, TypeError) as err:
             raise ValidationError(
                 f"{self.name}: cannot read key {self.key_fields} from {type(record).__name__}"
