@@ -431,7 +431,12 @@ def _decode_source(codec: _RecordCodec, env: dict[str, object]) -> str | None:
     except (TypeError, ValueError):  # a name msgspec cannot hold (control characters, quotes)
         return None
     body = ["s = _decode(data)", *_build_lines(codec.kind, parts)]
-    return "def decode(data):\n" + "".join(f"    {line}\n" for line in body)
+    # Any failure is the generic path's to decide (and name): None, without a wrapper's call.
+    return (
+        "def decode(data, bkey=b''):\n    try:\n"
+        + "".join(f"        {line}\n" for line in body)
+        + "    except Exception:\n        return None\n"
+    )
 
 
 def _build_lines(kind: _Kind, parts: list[_Part]) -> list[str]:
@@ -488,8 +493,9 @@ def _generate(name: str, source: str, env: dict[str, object]) -> Callable[..., o
 class _Compiled:
     """What one schema compiles to, shared by every repo of the schema."""
 
-    decode: Callable[[bytes], object]
-    """msgpack bytes -> record; raises on anything the generic path must decide."""
+    decode: Callable[[bytes, bytes], object]
+    """``(msgpack bytes, backend key)`` -> record, or ``None`` where the generic path
+    must decide (the key is not used: the signature is :attr:`RecordCodec.decode`'s)."""
     dump: Callable[[object], dict[str, object]]
     """Prepared record -> the dict the schema's ``dump`` builds, for msgspec to pack."""
     source: str
@@ -521,7 +527,7 @@ def _compile(schema: Schema[Any, Any]) -> _Compiled | None:
         return None
     dump_source = _dump_source(codec, env)
     return _Compiled(
-        cast("Callable[[bytes], object]", _generate("decode", decode_source, env)),
+        cast("Callable[[bytes, bytes], object]", _generate("decode", decode_source, env)),
         cast("Callable[[object], dict[str, object]]", _generate("dump", dump_source, env)),
         decode_source + dump_source,
         schema.name,
@@ -634,15 +640,9 @@ class RecordCodec(Generic[R]):
                     data = cast("bytes", keyed.loads_keyed(data, bkey))
                 if mark is not None:
                     data = _cut_mark(data, mark)
-                return cast("R", build(data))
             except Exception:  # the generic path decides, and names the culprit
                 return None
-
-        def decode_plain(data: bytes, bkey: bytes) -> R | None:
-            try:
-                return cast("R", build(data))
-            except Exception:  # the generic path decides, and names the culprit
-                return None
+            return cast("R | None", build(data, bkey))
 
         def encode(record: R, bkey: bytes) -> bytes | None:
             try:
@@ -654,7 +654,8 @@ class RecordCodec(Generic[R]):
             except Exception:  # the generic path raises the right error
                 return None
 
-        self.decode = decode_plain if keyed is None and mark is None else decode
+        plain = cast("Callable[[bytes, bytes], R | None]", build)  # builds this schema's R
+        self.decode = plain if keyed is None and mark is None else decode
         self.encode = encode
         self.source, self.name = compiled.source, compiled.name
 

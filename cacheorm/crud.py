@@ -269,7 +269,8 @@ def insert(repo: Repo[R, K], record: R, /) -> Plan[R]:
         prepared = _before(repo, "before_insert", prepared)
     bkey = schema.encode_key(schema.key_of(prepared), repo.namespace)
     (ok,) = yield [Set(bkey, _encode(repo, prepared, bkey), repo.ttl)]
-    _check(ok)
+    if ok is not True:  # a Set answers True, or has its error in its slot
+        _check(ok)
     if hooks.after_insert:
         _notify(repo, "after_insert", prepared)
     return prepared
@@ -684,7 +685,8 @@ def delete(repo: Repo[R, K], key: K, /) -> Plan[bool]:
     if hooks.before_delete:
         _notify(repo, "before_delete", key)
     (existed,) = yield [Delete(bkey)]
-    existed = bool(_check(existed))
+    if type(existed) is not bool:  # not the common answer: an error to raise, or a truthy value
+        existed = bool(_check(existed))
     if hooks.after_delete:
         _notify(repo, "after_delete", key)
     return existed

@@ -37,6 +37,7 @@ import string
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
+from cacheorm.backends.base import INT64_MAX, INT64_MIN
 from cacheorm.errors import SchemaError, ValidationError
 from cacheorm.fields import (
     AutoField,
@@ -141,6 +142,7 @@ class KeyCodec:
         "_counter_suffix",
         "_key_fields",
         "_name",
+        "_plain",
         "_prefix_cache",
         "_prefix_tail",
         "_prepares",
@@ -173,6 +175,12 @@ class KeyCodec:
             self._body = _default_body(texts)
             # The common case (one key field, default layout) gets a direct path.
             self._single = (self._prepares[0], texts[0]) if len(texts) == 1 else None
+            # And the commonest keys (a plain int, or ASCII text that needs no
+            # escaping) one without calls, for the exact built-in rules only.
+            kind = type(key_rules[0]) if len(texts) == 1 else None
+            self._plain: type | None = (
+                int if kind in (IntegerField, AutoField) else str if kind is StringField else None
+            )
             self._shape: tuple[str, str] | str = ("", "")
         else:
             for rule, field_name in zip(key_rules, key_fields, strict=True):
@@ -180,6 +188,7 @@ class KeyCodec:
             self._prefix_tail = "" if version is None else "@" + escape_header(version) + ":"
             self._body = _format_body(key_format, key_fields, name)
             self._single = None
+            self._plain = None
             self._shape = _format_shape(key_format)
 
     def prefix(self, namespace: str) -> str:
@@ -235,6 +244,11 @@ class KeyCodec:
         prefix = self._prefix_cache.get(namespace)
         if prefix is None:
             prefix = self.prefix(namespace)
+        plain = self._plain
+        if plain is int and type(key) is int and INT64_MIN <= key <= INT64_MAX:
+            return (prefix + str(key)).encode("utf-8")
+        if plain is str and type(key) is str and key.isascii() and not ("%" in key or ":" in key):
+            return (prefix + key).encode("utf-8")
         single = self._single
         if single is not None:
             prepare, text = single

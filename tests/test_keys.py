@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import NamedTuple, TypedDict
 
@@ -144,6 +145,51 @@ def test_key_types_render_injectively() -> None:
         b"Thing:-5:00000000-0000-0000-0000-000000000001:2026-01-02:1:003a:1.50:True:0.5"
     )
     assert schema.encode_key((-5, *key[1:3], Color.RED, *key[4:])).split(b":")[4] == b"red"
+
+
+@dataclass(frozen=True, slots=True)
+class _Int(co.IntegerField):
+    """IntegerField under another type: its keys take the general path."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Str(co.StringField):
+    """StringField under another type: its keys take the general path."""
+
+
+def _codecs(rule: co.Field[object], general: co.Field[object]) -> tuple[KeyCodec, KeyCodec]:
+    def make(r: co.Field[object]) -> KeyCodec:
+        return KeyCodec(name="T", version="2", key_fields=("k",), key_rules=(r,), key_format=None)
+
+    return make(rule), make(general)
+
+
+@given(
+    key=st.one_of(
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.booleans(),
+        st.floats(allow_nan=False),
+        st.text(),
+        st.sampled_from(["a:b", "50%", "x%3Ay", "café", "\ud800"]),
+    ),
+    namespace=st.sampled_from(["", "ns", "a/b:c"]),
+)
+def test_int_and_text_keys_encode_as_the_general_path_does(key: object, namespace: str) -> None:
+    # The direct path for plain int and ASCII text keys: same bytes, same errors.
+    for fast, general in (
+        _codecs(co.IntegerField(), _Int()),
+        _codecs(co.AutoField(), _Int()),
+        _codecs(co.StringField(), _Str()),
+    ):
+        try:
+            expected: bytes | str = general.encode(key, namespace)
+        except co.ValidationError as err:
+            expected = str(err)
+        try:
+            got: bytes | str = fast.encode(key, namespace)
+        except co.ValidationError as err:
+            got = str(err)
+        assert got == expected
 
 
 def test_wrong_key_shape_or_type_is_a_validation_error() -> None:

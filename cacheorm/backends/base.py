@@ -494,12 +494,14 @@ def apply(backend: Backend, command: Command) -> object:
     """
     # Class patterns without captures: a capture costs ~0.15 us per command on
     # CPython 3.11, and a lone get is the hottest path there is.
-    match command:
+    match command:  # the commonest first: each case is an isinstance check
         case Get():
             return backend.get(command.key)
         case Set():
             backend.set(command.key, command.value, command.ttl)
             return True
+        case Delete():
+            return backend.delete(command.key)
         case Gets():
             return backend.gets(command.key)
         case Cas():
@@ -508,8 +510,6 @@ def apply(backend: Backend, command: Command) -> object:
             return backend.add(command.key, command.value, command.ttl)
         case Replace():
             return backend.replace(command.key, command.value, command.ttl)
-        case Delete():
-            return backend.delete(command.key)
         case DeleteIf():
             return backend.delete_if(command.key, command.token)
         case Has():
@@ -528,11 +528,13 @@ def apply_async(backend: AsyncBackend, command: Command) -> Awaitable[object]:
     The backend's own coroutine is returned, not wrapped in another (one frame
     less on every call of the async driver).
     """
-    match command:
+    match command:  # in apply's order
         case Get():
             return backend.get(command.key)
         case Set():
             return _true_after(backend.set(command.key, command.value, command.ttl))
+        case Delete():
+            return backend.delete(command.key)
         case Gets():
             return backend.gets(command.key)
         case Cas():
@@ -541,8 +543,6 @@ def apply_async(backend: AsyncBackend, command: Command) -> Awaitable[object]:
             return backend.add(command.key, command.value, command.ttl)
         case Replace():
             return backend.replace(command.key, command.value, command.ttl)
-        case Delete():
-            return backend.delete(command.key)
         case DeleteIf():
             return backend.delete_if(command.key, command.token)
         case Has():
