@@ -250,7 +250,7 @@ def _wire_of(rule: Field[object], fills_none: bool) -> tuple[Field[object], _Wir
 
 # -- datetimes: isoformat, faster ----------------------------------------------------
 
-_TO_BUILTINS: Final = msgspec.to_builtins
+_TO_BUILTINS: Final[Callable[[dt.datetime], str]] = msgspec.to_builtins  # a datetime: its text
 _WHOLE_MINUTES: Final[dict[dt.timezone, bool]] = {}
 """Fixed offsets met so far: whether each is a whole number of minutes."""
 
@@ -266,13 +266,13 @@ def _isoformat(value: dt.datetime) -> str:
     if type(value) is dt.datetime:
         zone = value.tzinfo
         if zone is None:
-            return cast("str", _TO_BUILTINS(value))
+            return _TO_BUILTINS(value)
         if type(zone) is dt.timezone:
             whole = _WHOLE_MINUTES.get(zone)
             if whole is None:
                 whole = _learn_offset(zone)
             if whole:
-                text = cast("str", _TO_BUILTINS(value))
+                text = _TO_BUILTINS(value)
                 return text[:-1] + "+00:00" if text[-1] == "Z" else text
     return value.isoformat()
 
