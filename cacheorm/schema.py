@@ -750,9 +750,9 @@ class Schema(Generic[R, K]):
     __slots__ = (
         "_codec",
         "_dump",
+        "_kept",
         "_key_getter",
         "_key_index",
-        "_kept",
         "_keys",
         "_load",
         "_prepare",
