@@ -29,7 +29,7 @@ import enum
 import re
 import types
 import typing
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from operator import attrgetter, itemgetter
 from typing import Final, Generic, NamedTuple, NoReturn, TypeVar, cast, get_args, get_origin
 
@@ -1066,6 +1066,14 @@ class Schema(Generic[R, K]):
                 a tuple) or a value its key field cannot hold.
         """
         return self._keys.encode(key, namespace)
+
+    def encode_keys(self, keys: Iterable[K], namespace: str = "") -> list[bytes]:
+        """:meth:`encode_key` of each key, in order (a batch's keys in one call).
+
+        Raises:
+            ValidationError: as :meth:`encode_key`, for the first key refused.
+        """
+        return self._keys.encode_many(keys, namespace)
 
     def counter_key(self, namespace: str = "") -> bytes:
         """The backend key of the AutoField id counter, disjoint from record keys."""

@@ -190,6 +190,11 @@ def test_int_and_text_keys_encode_as_the_general_path_does(key: object, namespac
         except co.ValidationError as err:
             got = str(err)
         assert got == expected
+        try:  # a batch's keys, in one call: each as alone
+            batch: list[bytes] | str = fast.encode_many([key, key], namespace)
+        except co.ValidationError as err:
+            batch = str(err)
+        assert batch == ([expected] * 2 if isinstance(expected, bytes) else expected)
 
 
 def test_wrong_key_shape_or_type_is_a_validation_error() -> None:
