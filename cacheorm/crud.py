@@ -464,21 +464,24 @@ def _records_or_none(
         return [
             _record_or_none(repo, a, k, b) for k, b, a in zip(keys, bkeys, answers, strict=True)
         ]
-    decode, key_of = codec.decode, repo.schema.key_of
+    # The schema's key getter itself (same package): key_of's call and error wrapping
+    # cost a call per record, and any failure here takes the general path anyway.
+    decode, key_of = codec.decode, repo.schema._key_getter
     records: list[R | None] = []
+    append = records.append
     for key, bkey, answer in zip(keys, bkeys, answers, strict=True):
         if answer is None:
-            records.append(None)
+            append(None)
             continue
         if type(answer) is bytes:
             try:
                 record = decode(answer, bkey)
-            except CacheORMError:
-                record = None
-            if record is not None and key_of(record) == key:
-                records.append(record)
-                continue
-        records.append(_record_or_none(repo, answer, key, bkey))
+                if record is not None and key_of(record) == key:
+                    append(record)
+                    continue
+            except Exception:  # the general path below decides, and says why
+                pass
+        append(_record_or_none(repo, answer, key, bkey))
     return records
 
 

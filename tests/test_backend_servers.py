@@ -21,7 +21,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pymemcache.client.hash import HashClient
+from pymemcache.client.base import Client
 
 import cacheorm as co
 from cacheorm.backends.base import KEEP_TTL, Cas, Command, Delete, Get, Gets, Incr, Set
@@ -196,17 +196,32 @@ def test_memcached_batch_of_sets_reports_each_key_and_keeps_one_keys_order(
     assert mc.get_many(b"a", b"b") == [b"1", b"newer"]
 
 
+def test_memcached_get_many_tells_keys_apart_whatever_their_bytes(mc: MemcachedBackend) -> None:
+    # A key with a space (or over 250 bytes, or starting with ~) is no plain memcached key:
+    # a read of many keys must not take it for two keys, nor mix it up with its parts.
+    keys = [b"a b", b"a", b"b", b"~x", b"x" * 300, b"", b"plain"]
+    mc.set_many({key: b"value of %d" % i for i, key in enumerate(keys)})
+    assert mc.get_many(*keys) == [b"value of %d" % i for i in range(len(keys))]
+    assert mc.get_many(b"a", b"missing", b"a") == [b"value of 1", None, b"value of 1"]
+    assert mc.get_many(b"a b", b"a", b"b") == [b"value of 0", b"value of 1", b"value of 2"]
+    results = mc.batch([Get(key) for key in reversed(keys)])
+    assert results == [b"value of %d" % i for i in reversed(range(len(keys)))]
+
+
 def test_memcached_batch_of_sets_checks_key_length_against_the_key_prefix(
     memcached_servers: list[MemcachedServer],
 ) -> None:
     node = memcached_servers[0]
-    client = HashClient([node.address], key_prefix=b"app:", timeout=2)
+    client = Client(node.address, key_prefix=b"app:", timeout=2)  # one server: no placement
     backend = MemcachedBackend(client=client)
     long_key = b"k" * 248  # fits memcached's 250 bytes alone, not behind the prefix
     results = backend.batch([Set(long_key, b"v"), Set(b"batch-short", b"v")])
     assert isinstance(results[0], co.ValidationError)
     assert "too long" in str(results[0])
     assert results[1] is True
+    read = backend.batch([Get(long_key), Get(b"batch-short")])
+    assert isinstance(read[0], co.ValidationError)
+    assert read[1] == b"v"
     raw = node.client()
     try:
         assert raw.get(b"app:batch-short") == b"v"  # written behind the client's prefix

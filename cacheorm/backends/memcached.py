@@ -98,6 +98,8 @@ _THIRTY_DAYS: Final = 30 * 24 * 3600
 # and does not start with "~", the marker that every encoded key starts with. That
 # keeps pass-through and encoded keys disjoint, which makes the mapping injective.
 _PLAIN_KEY = re.compile(rb"[!-}][!-~]{0,249}")
+_PLAIN_KEYS = re.compile(rb"[!-}][!-~]{0,249}(?: [!-}][!-~]{0,249})*")
+"""Keys joined by spaces, each a :data:`_PLAIN_KEY` (a space is in none: they stay apart)."""
 _B64_PREFIX: Final = b"~b"
 _HASH_PREFIX: Final = b"~h"
 _MAX_B64_SOURCE: Final = (MAX_KEY_LENGTH - len(_B64_PREFIX)) // 4 * 3  # 186 bytes
@@ -906,7 +908,10 @@ class _Fetches(_Exchange[_N]):
 
     __slots__ = ("keys", "slots", "wanted")
 
-    def __init__(self, node: _N, keys: list[bytes], slots: list[int]) -> None:
+    def __init__(
+        self, node: _N, keys: list[bytes], slots: list[int], joined: bytes | None = None
+    ) -> None:
+        """``joined``: ``b" ".join(keys)``, if the caller has it."""
         # Not super().__init__: no tasks to frame.
         self._begin(node, [])
         self.keys = keys
@@ -916,7 +921,9 @@ class _Fetches(_Exchange[_N]):
         prefix = node.prefix
         asked = [prefix + key for key in keys] if prefix else keys
         self.wanted = frozenset(asked)
-        self.out = b"get " + b" ".join(asked) + b"\r\n"
+        if joined is None or prefix:
+            joined = b" ".join(asked)
+        self.out = b"get " + joined + b"\r\n"
 
     def parse(self) -> None:
         """Take the items and the closing ``END`` (or an error line) off the buffer.
@@ -960,7 +967,7 @@ class _Fetches(_Exchange[_N]):
 
 
 def fetches(
-    keys: Sequence[bytes], room: int, place: Callable[[bytes], _N]
+    keys: Sequence[bytes], room: int, place: _Placer[_N]
 ) -> tuple[list[_Fetches[_N]], list[object]]:
     """The exchanges that read ``keys`` (one per server), and the results list they fill.
 
@@ -968,6 +975,15 @@ def fetches(
     its slot at once.
     """
     results: list[object] = [None] * len(keys)
+    single = place.single
+    if single is not None and keys:  # one server: every key checked in one pass, if plain
+        joined = b" ".join(keys)
+        if (
+            joined.count(b" ") == len(keys) - 1  # no key holds a space of its own
+            and _PLAIN_KEYS.fullmatch(joined) is not None
+            and (room >= MAX_KEY_LENGTH or max(map(len, keys)) <= room)
+        ):
+            return [_Fetches(single, list(keys), list(range(len(keys))), joined)], results
     by_node: dict[_N, tuple[list[bytes], list[int]]] = {}
     last: _N | None = None
     asked: list[bytes] = []
@@ -1341,16 +1357,17 @@ class _Placer(Generic[_N]):
     Rendezvous hashing is slow in Python, so the last placements are cached.
     """
 
-    __slots__ = ("_by_name", "_find", "_placed", "_single")
+    __slots__ = ("_by_name", "_find", "_placed", "single")
 
     def __init__(self, nodes: Sequence[_N], find: Callable[[bytes], str | None] | None) -> None:
         self._by_name = {node.name: node for node in nodes}
-        self._single = nodes[0] if find is None else None
+        self.single = nodes[0] if find is None else None
+        """The one node every key lives on, or ``None`` with several servers."""
         self._find = find
         self._placed: dict[bytes, _N] = {}
 
     def __call__(self, key: bytes) -> _N:
-        single = self._single
+        single = self.single
         if single is not None:
             return single
         node = self._placed.get(key)
