@@ -190,10 +190,16 @@ async def bench_redis(url: str) -> None:
 
 
 class RawMemcached:
-    """The raw baseline: memcached's text protocol on asyncio streams, a pool of connections."""
+    """The raw baseline: memcached's text protocol on asyncio streams, a pool of connections.
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    Its reads are bounded by the same timeout as cacheorm's backend (2 s), the
+    way ``redis.asyncio`` bounds its own (``asyncio.timeout`` around each
+    reply), as every raw client in these benchmarks is: without one, a hung
+    server would hang the call for ever.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 2.0) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def _exchange(self, request: bytes, keys: int) -> list[tuple[bytes, bytes]]:
@@ -204,13 +210,14 @@ class RawMemcached:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         writer.write(request)
         values: list[tuple[bytes, bytes]] = []
-        while True:
-            line = await reader.readline()
-            if not line.startswith(b"VALUE "):
-                break
-            header = line.split()
-            data = await reader.readexactly(int(header[3]) + 2)
-            values.append((data[:-2], header[4] if len(header) > 4 else header[1]))
+        async with asyncio.timeout(self.timeout):
+            while True:
+                line = await reader.readline()
+                if not line.startswith(b"VALUE "):
+                    break
+                header = line.split()
+                data = await reader.readexactly(int(header[3]) + 2)
+                values.append((data[:-2], header[4] if len(header) > 4 else header[1]))
         self.idle.append((reader, writer))
         if not keys:
             values.append((line.rstrip(), b""))

@@ -936,7 +936,8 @@ class Schema(Generic[R, K]):
             ValidationError: naming the schema and the field; a value's error is
                 a :class:`~cacheorm.errors.FieldValidationError` with its path.
         """
-        unknown = sorted(set(changes) - self._codec.name_set, key=repr)
+        names = self._codec.name_set
+        unknown = [] if changes.keys() <= names else sorted(set(changes) - names, key=repr)
         if unknown:
             raise ValidationError(
                 f"{self.name} has no field(s) {', '.join(map(repr, unknown))}; "
