@@ -480,6 +480,20 @@ def _dump_source(codec: _RecordCodec, env: dict[str, object]) -> str:
     return f"def dump(r):\n    return {{{', '.join(items)}}}\n"
 
 
+def _encode_source(codec: _RecordCodec, dump_source: str) -> str:
+    """The source of ``encode(record, bkey) -> bytes | None``: the dict ``dump_source``
+    builds, packed; ``None`` where the generic path must decide (and raise the right error)."""
+    if codec.kind is _Kind.TYPEDDICT:  # dump is several statements: called
+        payload = "dump(r)"
+    else:  # dump's one expression ("def dump(r):\n    return {...}\n"), inlined: a call less
+        payload = dump_source.split("return ", 1)[1].strip()
+    return (
+        "def encode(r, bkey=b''):\n    try:\n"
+        f"        return _pack({payload})\n"
+        "    except Exception:\n        return None\n"
+    )
+
+
 def _generate(name: str, source: str, env: dict[str, object]) -> Callable[..., object]:
     code = compile(source, f"<cacheorm.codec {name}>", "exec")
     exec(code, env)  # source built from field indexes and repr()s only
@@ -498,6 +512,9 @@ class _Compiled:
     must decide (the key is not used: the signature is :attr:`RecordCodec.decode`'s)."""
     dump: Callable[[object], dict[str, object]]
     """Prepared record -> the dict the schema's ``dump`` builds, for msgspec to pack."""
+    encode: Callable[[object, bytes], bytes | None]
+    """``(prepared record, backend key)`` -> the packed ``dump``, or ``None`` where the
+    generic path must decide (the key is unused: the signature is ``RecordCodec.encode``'s)."""
     source: str
     """The generated code, for the curious."""
     name: str
@@ -521,15 +538,18 @@ def _compile(schema: Schema[Any, Any]) -> _Compiled | None:
         "_dumps": _PRESET.dumps,
         "_Raw": msgspec.Raw,
         "_iso": _isoformat,
+        "_pack": _ENCODER.encode,
     }
     decode_source = _decode_source(codec, env)
     if decode_source is None:
         return None
     dump_source = _dump_source(codec, env)
+    encode_source = _encode_source(codec, dump_source)
     return _Compiled(
         cast("Callable[[bytes, bytes], object]", _generate("decode", decode_source, env)),
         cast("Callable[[object], dict[str, object]]", _generate("dump", dump_source, env)),
-        decode_source + dump_source,
+        cast("Callable[[object, bytes], bytes | None]", _generate("encode", encode_source, env)),
+        decode_source + dump_source + encode_source,
         schema.name,
     )
 
@@ -656,7 +676,7 @@ class RecordCodec(Generic[R]):
 
         plain = cast("Callable[[bytes, bytes], R | None]", build)  # builds this schema's R
         self.decode = plain if keyed is None and mark is None else decode
-        self.encode = encode
+        self.encode = compiled.encode if keyed is None and namespace is None else encode
         self.source, self.name = compiled.source, compiled.name
 
     def __repr__(self) -> str:

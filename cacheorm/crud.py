@@ -118,8 +118,11 @@ def _encode(repo: Repo[R, K], record: R, bkey: bytes) -> bytes:
     """A prepared record as the bytes stored under ``bkey``."""
     codec = repo.codec  # the compiled msgpack path (cacheorm.codec): same bytes, or None
     data = None if codec is None else codec.encode(record, bkey)
-    if data is not None:
-        return data
+    return data if data is not None else _encode_generic(repo, record, bkey)
+
+
+def _encode_generic(repo: Repo[R, K], record: R, bkey: bytes) -> bytes:
+    """:func:`_encode` by the schema's ``dump`` and the repo's serializer (no compiled codec)."""
     payload = repo.schema.dump(record)  # a fresh dict: marking it needs no copy
     if repo.namespace and repo.marks_namespace:
         payload[NAMESPACE_FIELD] = repo.namespace
@@ -272,8 +275,13 @@ def insert(repo: Repo[R, K], record: R, /) -> Plan[R]:
     hooks = repo.hooks
     if hooks.before_insert:
         prepared = _before(repo, "before_insert", prepared)
-    bkey = schema.encode_key(schema.key_of(prepared), repo.namespace)
-    (ok,) = yield [Set(bkey, _encode(repo, prepared, bkey), repo.ttl)]
+    # The key getter itself (same package): a prepared record has its key fields.
+    bkey = schema.encode_key(schema._key_getter(prepared), repo.namespace)
+    codec = repo.codec  # _encode, inlined: the commonest write
+    data = None if codec is None else codec.encode(prepared, bkey)
+    if data is None:
+        data = _encode_generic(repo, prepared, bkey)
+    (ok,) = yield [_new(Set, (bkey, data, repo.ttl))]  # Set(...) without its Python __new__
     if ok is not True:  # a Set answers True, or has its error in its slot
         _check(ok)
     if hooks.after_insert:
