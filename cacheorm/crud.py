@@ -546,8 +546,9 @@ def _plan_rmw(
     """
     schema = repo.schema
     ttl = repo.ttl if repo.refresh_ttl_on_update else KEEP_TTL
+    codec = repo.codec
     for attempt in range(MAX_CAS_ATTEMPTS):
-        (got,) = yield [Gets(bkey)]
+        (got,) = yield [_new(Gets, (bkey,))]
         if _check(got) is None:
             raise NotFound(f"{schema.name} {key!r} not found")
         raw, token = _as_pair(got)
@@ -564,7 +565,10 @@ def _plan_rmw(
         if repo.hooks.before_update:
             new = _before(repo, "before_update", new)
         schema.check_same_key(key, new)
-        (ok,) = yield [Cas(bkey, _encode(repo, new, bkey), token, ttl)]
+        data = None if codec is None else codec.encode(new, bkey)  # _encode, inlined
+        if data is None:
+            data = _encode_generic(repo, new, bkey)
+        (ok,) = yield [_new(Cas, (bkey, data, token, ttl))]
         if _check(ok):
             if repo.hooks.after_update:
                 _notify(repo, "after_update", new)

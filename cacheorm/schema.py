@@ -1027,7 +1027,12 @@ class Schema(Generic[R, K]):
                 codec._refuse(record)
             except ValidationError as err:
                 raise ValidationError(f"{self.name}: {err}") from err
-        values = list(codec.values_of(record))
+        # A NamedTuple's values without values_of's copy (a tuple, then this list).
+        values = list(
+            cast("Sequence[object]", record)  # a NamedTuple: a tuple
+            if codec.kind is _Kind.NAMEDTUPLE
+            else codec.values_of(record)
+        )
         index = codec.index
         for name, value in changes.items():  # names known: check_changes passed them
             values[index[name]] = value
