@@ -354,6 +354,46 @@ def test_a_frozen_node_costs_one_timeout_and_fails_only_its_keys(
 
 
 @pytest.mark.timeout(30)
+def test_a_batch_of_sets_answers_per_key_as_the_sync_backend_does(
+    server_factory: ServerFactory,
+) -> None:
+    nodes = [server_factory.memcached(), server_factory.memcached()]
+    addresses = [node.address for node in nodes]
+    sync = co.MemcachedBackend(servers=addresses)
+    big = b"x" * (2 * 1024 * 1024)  # over memcached's 1 MiB item limit
+    keys = [b"k%d" % i for i in range(40)]
+    sync.set_many(dict.fromkeys([*keys, b"a", b"b"], b"old"))
+    frozen_name = f"{nodes[0].host}:{nodes[0].port}"
+
+    async def main() -> None:
+        aio = co.AsyncMemcachedBackend(addresses, timeout=TIMEOUT, connect_timeout=TIMEOUT)
+        results = await aio.batch([Set(b"a", big), Set(b"b", b"new"), Set(b"c", b"x", ttl=-1)])
+        assert isinstance(results[0], co.ValueTooLarge)
+        assert results[1] is True
+        assert isinstance(results[2], co.ValidationError)
+        assert sync.get_many(b"a", b"b", b"c") == [None, b"new", None]  # a's old value gone
+        # One key twice: the refused value's old one goes before the later write lands.
+        results = await aio.batch([Set(b"b", big), Set(b"b", b"newer")])
+        assert isinstance(results[0], co.ValueTooLarge)
+        assert results[1] is True
+        assert sync.get(b"b") == b"newer"
+        await aio.set_many(dict.fromkeys(keys, b"v"))
+        assert sync.get_many(*keys) == [b"v"] * len(keys)
+        with frozen(nodes[0].pid):
+            written, elapsed = await _timed(lambda: aio.batch([Set(k, b"w") for k in keys]))
+            assert elapsed < ONE_TIMEOUT
+        assert isinstance(written, list)
+        failed = [r for r in written if isinstance(r, co.BackendError)]
+        assert 0 < len(failed) < len(keys)  # the frozen node's keys only
+        assert all(e.server == frozen_name and "outcome unknown" in str(e) for e in failed)
+        assert all(r is True for r in written if not isinstance(r, co.BackendError))
+        await aio.aclose()
+
+    asyncio.run(main())
+    sync.close()
+
+
+@pytest.mark.timeout(30)
 def test_an_unreachable_node_raises_backend_error_naming_it() -> None:
     async def main() -> None:
         aio = co.AsyncMemcachedBackend([("127.0.0.1", 9)], connect_timeout=TIMEOUT)

@@ -72,7 +72,7 @@ import ssl
 from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, cast
 
 from cacheorm.backends import base
-from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Get, Keep, resolve_ttl
+from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Get, Keep, Set, resolve_ttl
 from cacheorm.backends.memcached import (
     MAX_KEY_LENGTH,
     PING_KEY,
@@ -107,8 +107,11 @@ from cacheorm.backends.memcached import (
     _Unbatched,
     _write_expiry,
     _write_job,
+    distinct_sets,
     fetches,
+    fill_stores,
     memcached_key,
+    stores,
 )
 from cacheorm.errors import BackendError, CacheORMError, ValidationError
 
@@ -756,11 +759,31 @@ class AsyncMemcachedBackend:
         jobs = [_ttl_job(memcached_key(key)) for key in keys]
         return cast("list[tuple[bytes, float] | None]", await self._many(jobs))
 
+    async def _store(self, commands: Sequence[Set]) -> list[object]:
+        """Run ``Set`` s on distinct keys (one run of ``set`` s per server); each result or
+        error, as :meth:`cacheorm.MemcachedBackend._store` does.
+
+        Run at once, not merged with other calls (it is a batch already).
+        """
+        self._own_connections()
+        exchanges, results = stores(commands, self.default_ttl, self._room, self._place)
+        self._running += 1
+        try:
+            await self._converse(cast("list[_Exchange[_Pool]]", exchanges))
+        finally:
+            self._running -= 1
+        slots, jobs = fill_stores(exchanges, results)
+        if jobs:
+            for slot, result in zip(slots, await self._execute(jobs), strict=True):
+                results[slot] = result
+        return results
+
     async def set_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> None:
         """Store every pair with one pipeline per server."""
-        expiry = _write_expiry(ttl, self.default_ttl)
-        jobs = [_write_job(b"set", memcached_key(k), v, expiry) for k, v in mapping.items()]
-        await self._many(jobs)
+        results = await self._store([Set(key, value, ttl) for key, value in mapping.items()])
+        for result in results:
+            if isinstance(result, CacheORMError):
+                raise result
 
     async def replace_many(self, mapping: Mapping[bytes, bytes], ttl: TTL = None) -> list[bool]:
         """Replace each present key; return, in mapping order, whether each was stored."""
@@ -808,6 +831,8 @@ class AsyncMemcachedBackend:
         """Run the commands with one pipeline per server; results (or errors) in command order."""
         if all(type(command) is Get for command in commands):
             return await self._fetch([command.key for command in commands])
+        if distinct_sets(commands):
+            return await self._store(cast("Sequence[Set]", commands))
         try:
             jobs = _jobs(commands, self.default_ttl)
         except _Unbatched:

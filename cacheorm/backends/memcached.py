@@ -1128,6 +1128,22 @@ def stores(
     return [_Stores(node, *lists) for node, lists in by_node.items()], results
 
 
+def fill_stores(
+    exchanges: Sequence[_Stores[_N]], results: list[object]
+) -> tuple[list[int], list[_Job[object]]]:
+    """Fill ``results`` from run :func:`stores` exchanges; return the slots of the values
+    refused as too large and the jobs to run next, which delete their keys' old values
+    (as a lone ``set`` does) and give each its error."""
+    slots: list[int] = []
+    jobs: list[_Job[object]] = []
+    for exchange in exchanges:
+        exchange.fill(results)
+        for slot, key, error in exchange.refused():
+            slots.append(slot)
+            jobs.append(_Job(key, False, _refused(key, error)))
+    return slots, jobs
+
+
 def distinct_sets(commands: Sequence[Command]) -> bool:
     """Whether the batch is ``Set`` s on distinct keys (see :func:`stores`)."""
     return all(type(command) is base.Set for command in commands) and len(
@@ -1616,13 +1632,9 @@ class MemcachedBackend:
         """
         exchanges, results = stores(commands, self.default_ttl, self._room, self._place)
         self._converse(exchanges)
-        refused: list[tuple[int, bytes, ValueTooLarge]] = []
-        for exchange in exchanges:
-            exchange.fill(results)
-            refused += exchange.refused()
-        if refused:
-            jobs = [_Job(key, False, _refused(key, error)) for _, key, error in refused]
-            for (slot, _, _), result in zip(refused, self._execute(jobs), strict=True):
+        slots, jobs = fill_stores(exchanges, results)
+        if jobs:
+            for slot, result in zip(slots, self._execute(jobs), strict=True):
                 results[slot] = result
         return results
 
