@@ -118,11 +118,8 @@ def _encode(repo: Repo[R, K], record: R, bkey: bytes) -> bytes:
     """A prepared record as the bytes stored under ``bkey``."""
     codec = repo.codec  # the compiled msgpack path (cacheorm.codec): same bytes, or None
     data = None if codec is None else codec.encode(record, bkey)
-    return data if data is not None else _encode_generic(repo, record, bkey)
-
-
-def _encode_generic(repo: Repo[R, K], record: R, bkey: bytes) -> bytes:
-    """:func:`_encode` by the schema's ``dump`` and the repo's serializer (no compiled codec)."""
+    if data is not None:
+        return data
     payload = repo.schema.dump(record)  # a fresh dict: marking it needs no copy
     if repo.namespace and repo.marks_namespace:
         payload[NAMESPACE_FIELD] = repo.namespace
@@ -275,13 +272,8 @@ def insert(repo: Repo[R, K], record: R, /) -> Plan[R]:
     hooks = repo.hooks
     if hooks.before_insert:
         prepared = _before(repo, "before_insert", prepared)
-    # The key getter itself (same package): a prepared record has its key fields.
-    bkey = schema.encode_key(schema._key_getter(prepared), repo.namespace)
-    codec = repo.codec  # _encode, inlined: the commonest write
-    data = None if codec is None else codec.encode(prepared, bkey)
-    if data is None:
-        data = _encode_generic(repo, prepared, bkey)
-    (ok,) = yield [_new(Set, (bkey, data, repo.ttl))]  # Set(...) without its Python __new__
+    bkey = schema.encode_key(schema.key_of(prepared), repo.namespace)
+    (ok,) = yield [Set(bkey, _encode(repo, prepared, bkey), repo.ttl)]
     if ok is not True:  # a Set answers True, or has its error in its slot
         _check(ok)
     if hooks.after_insert:
@@ -546,9 +538,8 @@ def _plan_rmw(
     """
     schema = repo.schema
     ttl = repo.ttl if repo.refresh_ttl_on_update else KEEP_TTL
-    codec = repo.codec
     for attempt in range(MAX_CAS_ATTEMPTS):
-        (got,) = yield [_new(Gets, (bkey,))]
+        (got,) = yield [Gets(bkey)]
         if _check(got) is None:
             raise NotFound(f"{schema.name} {key!r} not found")
         raw, token = _as_pair(got)
@@ -565,10 +556,7 @@ def _plan_rmw(
         if repo.hooks.before_update:
             new = _before(repo, "before_update", new)
         schema.check_same_key(key, new)
-        data = None if codec is None else codec.encode(new, bkey)  # _encode, inlined
-        if data is None:
-            data = _encode_generic(repo, new, bkey)
-        (ok,) = yield [_new(Cas, (bkey, data, token, ttl))]
+        (ok,) = yield [Cas(bkey, _encode(repo, new, bkey), token, ttl)]
         if _check(ok):
             if repo.hooks.after_update:
                 _notify(repo, "after_update", new)

@@ -376,7 +376,6 @@ class _RecordCodec:
         "names",
         "plan",
         "prepare",
-        "prepare_values",
         "record_type",
         "required",
         "to_convert",
@@ -415,8 +414,6 @@ class _RecordCodec:
         self.kept = self._compile_kept(schema_defaults)
         dict_kind = shape.kind is _Kind.TYPEDDICT
         self.prepare = self._prepare_dict if dict_kind else self._prepare_object
-        # What prepare does once ``kept`` said nothing (for Schema.prepare, which asks it first).
-        self.prepare_values = self._prepare_dict if dict_kind else self._prepare_values
         self.dump = self._dump_dict if dict_kind else self._dump_object
 
     def _compile_write(self, schema_defaults: Mapping[str, Default]) -> None:
@@ -536,12 +533,8 @@ class _RecordCodec:
             try:
                 if self.kept(record):
                     return record  # already as it will be stored (records are immutable)
-            except Exception:  # the loop gives the error
+            except Exception:  # the loop below gives the error
                 pass
-        return self._prepare_values(record)
-
-    def _prepare_values(self, record: object) -> object:
-        """:meth:`prepare` field by field (a record ``kept`` did not keep as it is)."""
         if not isinstance(record, self.record_type):
             self._refuse(record)
         values = list(self.values_of(record))
@@ -750,7 +743,6 @@ class Schema(Generic[R, K]):
     __slots__ = (
         "_codec",
         "_dump",
-        "_kept",
         "_key_getter",
         "_key_index",
         "_keys",
@@ -775,7 +767,6 @@ class Schema(Generic[R, K]):
     _codec: _RecordCodec
     # The codec's hot-path methods, bound once and typed on R.
     _prepare: Callable[[R], R]
-    _kept: Callable[[R], bool]
     _dump: Callable[[R], Payload]
     _load: Callable[[Primitive], R]
     _keys: KeyCodec
@@ -820,8 +811,7 @@ class Schema(Generic[R, K]):
         setattr_(self, "auto_key", auto_key)
         setattr_(self, "fields", codec.fields)
         setattr_(self, "_codec", codec)
-        setattr_(self, "_prepare", codec.prepare_values)
-        setattr_(self, "_kept", codec.kept)
+        setattr_(self, "_prepare", codec.prepare)
         setattr_(self, "_dump", codec.dump)
         setattr_(self, "_load", codec.load)
         setattr_(self, "_keys", keys)
@@ -865,12 +855,6 @@ class Schema(Generic[R, K]):
             ValidationError: ``record`` is not an R, or a value cannot be stored;
                 the message names the field (``Person.height: expected float, got str``).
         """
-        if type(record) is self.record_type:  # the common case, as the codec's prepare has it
-            try:
-                if self._kept(record):
-                    return record  # already as it will be stored (records are immutable)
-            except Exception:  # the field-by-field path gives the error
-                pass
         try:
             return self._prepare(record)
         except FieldValidationError as err:

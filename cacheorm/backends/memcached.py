@@ -385,8 +385,6 @@ def _write_expiry(ttl: TTL, default: int) -> tuple[int, int]:
     Raises:
         ValidationError: an illegal TTL.
     """
-    if ttl is None and default == 0:  # the common case, without the calls: never expires
-        return 0, 0
     return _expiry(resolve_ttl(ttl, default))
 
 
@@ -1230,8 +1228,7 @@ def _converse_one(exchange: _Exchange[_Node]) -> None:
             sock.sendall(exchange.out)
         finally:
             exchange.sent = len(exchange.out)  # if it failed, some may have left
-        groups = exchange.groups
-        while exchange.group < len(groups):  # not done: the hot loop, without the property
+        while not exchange.done:
             _receive(exchange, sock)
         exchange.node.used = time.monotonic()
     except (OSError, _Desync) as err:
@@ -1542,10 +1539,7 @@ class MemcachedBackend:
                 if self._forks != base.forks():
                     self._forget_connections()
                 try:
-                    if len(exchange.out) <= _SMALL:
-                        _converse_one(exchange)  # as _converse would, a call less
-                    else:
-                        _converse([exchange])
+                    _converse([exchange])
                     result, queues = _alone_result(exchange)
                     if queues:  # it sends another request: the rounds take it on
                         results = cast("list[object]", result)
@@ -1572,16 +1566,12 @@ class MemcachedBackend:
 
     def get(self, key: bytes) -> bytes | None:
         """Return the value, or ``None`` when the key is absent or expired."""
-        if _PLAIN_KEY.fullmatch(key) is None:  # else used as is (see memcached_key)
-            key = memcached_key(key)
-        return self._one(_get_job(key))
+        return self._one(_get_job(memcached_key(key)))
 
     def set(self, key: bytes, value: bytes, ttl: TTL = None) -> None:
         """Store ``value`` unconditionally."""
         expiry = _write_expiry(ttl, self.default_ttl)
-        if _PLAIN_KEY.fullmatch(key) is None:  # else used as is (see memcached_key)
-            key = memcached_key(key)
-        self._one(_write_job(b"set", key, value, expiry))
+        self._one(_write_job(b"set", memcached_key(key), value, expiry))
 
     def add(self, key: bytes, value: bytes, ttl: TTL = None) -> bool:
         """Store only if absent (memcached ``add`` is atomic). Return whether it was stored."""
@@ -1595,9 +1585,7 @@ class MemcachedBackend:
 
     def delete(self, key: bytes) -> bool:
         """Remove the key. Return whether it existed."""
-        if _PLAIN_KEY.fullmatch(key) is None:  # else used as is (see memcached_key)
-            key = memcached_key(key)
-        return self._one(_delete_job(key))
+        return self._one(_delete_job(memcached_key(key)))
 
     def has(self, key: bytes) -> bool:
         """Return whether the key is present (memcached has no EXISTS: this reads the value)."""
