@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 from typing import TYPE_CHECKING
@@ -124,6 +125,32 @@ def test_cas_tokens_pass_between_sync_and_async(memcached_servers: list[Memcache
         assert last is not None
         assert sync.delete_if(b"k", last[1]) is True
         assert await aio.get(b"k") is None
+        await aio.aclose()
+
+    asyncio.run(main())
+    sync.close()
+
+
+@pytest.mark.timeout(60)
+def test_values_of_every_size_arrive_whole_through_both_drivers(
+    memcached_servers: list[MemcachedServer],
+) -> None:
+    """Values larger than one read (64 KiB) are reassembled, alone and in a batch, either way."""
+    sync, aio = _pair(_fresh(memcached_servers[:1]))
+    sizes = [0, 1, 65535, 65536, 65537, 200_000, 1_000_000]  # up to memcached's 1 MiB items
+    by_sync = {b"s:%d" % size: os.urandom(size) for size in sizes}
+    by_aio = {b"a:%d" % size: os.urandom(size) for size in sizes}
+
+    async def main() -> None:
+        sync.set_many(by_sync)
+        for key, value in by_aio.items():
+            await aio.set(key, value)
+        for key, value in by_sync.items():
+            assert await aio.get(key) == value
+        for key, value in by_aio.items():
+            assert sync.get(key) == value
+        assert await aio.get_many(*by_sync, *by_aio) == [*by_sync.values(), *by_aio.values()]
+        assert sync.get_many(*by_aio, *by_sync) == [*by_aio.values(), *by_sync.values()]
         await aio.aclose()
 
     asyncio.run(main())

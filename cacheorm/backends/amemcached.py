@@ -23,8 +23,9 @@ clients were evaluated against what :class:`AsyncMemcachedBackend` must do:
 None gives the same bytes on the wire (flags deadlines, CAS tokens with the
 flags), the same key placement and the same "never resend what may have run"
 rules as the sync backend, and each would need an adapter as large as the
-client below. So this module is a small client on asyncio's ``Protocol``
-API that reuses :mod:`cacheorm.backends.memcached`'s sans-I/O core unchanged:
+client below. So this module is a small client on asyncio's protocol
+API (:class:`~.base.BufferedReads`) that reuses
+:mod:`cacheorm.backends.memcached`'s sans-I/O core unchanged:
 the same commands as generators of requests (``_incr_steps``, ``_touch_steps``
 ...), the same request framing and reply parsing (``_Exchange``), the same
 rounds (one pipeline per server per round, one key's commands in order), the
@@ -72,7 +73,17 @@ import ssl
 from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar, cast
 
 from cacheorm.backends import base
-from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Get, Keep, Set, resolve_ttl
+from cacheorm.backends.base import (
+    KEEP_TTL,
+    TTL,
+    BufferedReads,
+    CasToken,
+    Command,
+    Get,
+    Keep,
+    Set,
+    resolve_ttl,
+)
 from cacheorm.backends.memcached import (
     MAX_KEY_LENGTH,
     PING_KEY,
@@ -125,7 +136,7 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-class _Conn(asyncio.Protocol):
+class _Conn(BufferedReads):
     """One connection to a server: runs one exchange at a time, fed by the event loop.
 
     Replies are parsed as they arrive (no reader task); the awaiting call is
@@ -135,6 +146,7 @@ class _Conn(asyncio.Protocol):
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
         self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.exchange: _Exchange[_Pool] | None = None
@@ -147,6 +159,10 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast("asyncio.Transport", transport)
+
+    def awaited(self) -> int:
+        exchange = self.exchange
+        return 0 if exchange is None else exchange.need
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange

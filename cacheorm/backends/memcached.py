@@ -66,7 +66,15 @@ from typing import (
 from urllib.parse import unquote_to_bytes
 
 from cacheorm.backends import base
-from cacheorm.backends.base import KEEP_TTL, TTL, CasToken, Command, Keep, resolve_ttl
+from cacheorm.backends.base import (
+    KEEP_TTL,
+    READ_SIZE,
+    TTL,
+    CasToken,
+    Command,
+    Keep,
+    resolve_ttl,
+)
 from cacheorm.errors import (
     BackendError,
     CacheORMError,
@@ -115,7 +123,6 @@ PING_KEY: Final = b"~ping"
 _EXPIRING: Final = 0.001
 """Remaining seconds reported for an item memcached still serves past its deadline."""
 
-_RECV_SIZE: Final = 256 * 1024
 _PLACEMENT_CACHE: Final = 4096
 """How many key -> server placements a pool remembers (rendezvous hashing is slow in Python)."""
 
@@ -1275,7 +1282,7 @@ def _stale(sock: socket.socket) -> bool:
 
 def _receive(exchange: _Exchange[_Node], sock: socket.socket) -> None:
     """Read what the server sent and parse it (waits up to the socket's timeout)."""
-    chunk = sock.recv(max(_RECV_SIZE, exchange.need))
+    chunk = sock.recv(max(READ_SIZE, exchange.need))
     if not chunk:
         from pymemcache.exceptions import MemcacheUnexpectedCloseError
 

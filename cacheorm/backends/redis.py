@@ -1403,7 +1403,7 @@ class RedisBackend(RedisSetup):
             sock = connection._sock
             if sock is None:
                 raise ConnectionResetError("not connected")
-            while not expected.feed(sock.recv(65536) or _closed(server)):
+            while not expected.feed(sock.recv(base.READ_SIZE) or _closed(server)):
                 pass
         except (OSError, resp.ProtocolError) as err:
             failed = as_redis_error(server, err)

@@ -174,6 +174,10 @@ class Replies:
         self._buffer = bytearray()  # the start of a reply not all read yet
         self._need = 0  # the buffer length before that reply can end
 
+    def awaited(self) -> int:
+        """How many more bytes the reply being read needs at least (0: none begun)."""
+        return self._need - len(self._buffer) if self._buffer else 0
+
     def feed(self, data: bytes) -> bool:
         """Parse what ``data`` completes; return whether every reply is in.
 
