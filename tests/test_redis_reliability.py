@@ -22,12 +22,13 @@ import redis
 from redis.crc import key_slot
 
 import cacheorm as co
-from cacheorm.backends.base import Add, Delete, Get, Gets, Incr, Set
+from cacheorm.backends.base import FRESH, Add, Delete, Get, Gets, Incr, Set
 from cacheorm.backends.redis import RedisBackend
 from cacheorm.crud import LOCK_PREFIX
 from tests.proxy import Proxy
 from tests.records import NOTE, PERSON, Note, Person
 from tests.servers import free_port, start_redis_cluster, wait_until_stopped
+from tests.workers import Forked
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -435,3 +436,55 @@ def test_get_or_load_gives_back_a_lock_whose_add_reply_was_lost(
         co.get_or_load(people, "Sam", lambda name: Person(name, 1.8))
     assert raw.get(LOCK_PREFIX + PERSON.encode_key("Sam")) is None  # not left for lock_ttl
     assert co.get_or_load(people, "Sam", lambda name: Person(name, 1.8)) == Person("Sam", 1.8)
+
+
+# -- 5. connections kept between calls ---------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_a_kept_connection_closed_while_idle_is_replaced_before_anything_is_sent(
+    proxy: Proxy, raw: redis.Redis, backend: RedisBackend
+) -> None:
+    """Even an INCR, never resent, counts once: the closed connection is found out first."""
+    proxy.disconnect_all()  # the server side of the kept connection is gone
+    time.sleep(FRESH * 3)  # idle past FRESH: polled before reuse
+    assert backend.incr(b"n", 1) == 1
+    assert raw.get(b"n") == b"1"
+
+
+@pytest.mark.timeout(20)
+def test_a_clients_connection_goes_back_to_its_pool_after_each_call(
+    redis_server: RedisServer,
+) -> None:
+    client = redis.Redis(host=redis_server.host, port=redis_server.port, max_connections=1)
+    backend = RedisBackend(client=client)
+    try:
+        backend.set(b"k", b"v")
+        assert client.get(b"k") == b"v"  # the pool's only connection is free again
+        assert backend.get(b"k") == b"v"
+    finally:
+        backend.close()
+        client.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_never_uses_the_parents_kept_connection(
+    redis_server: RedisServer,
+) -> None:
+    backend = RedisBackend(url=redis_server.url)
+    backend.set(b"parent", b"p")  # its connection is kept now
+
+    def child() -> bytes:
+        for i in range(200):
+            backend.set(b"child:%d" % i, b"%d" % i)
+        same = all(backend.get(b"child:%d" % i) == b"%d" % i for i in range(200))
+        return b"ok" if same else b"mixed up"
+
+    forked = Forked(child)
+    try:
+        for _ in range(200):  # meanwhile the parent's replies stay its own
+            assert backend.get(b"parent") == b"p"
+        assert forked.report() == b"ok"
+    finally:
+        forked.reap()
+        backend.close()

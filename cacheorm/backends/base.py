@@ -21,6 +21,8 @@ import asyncio
 import enum
 import os
 import re
+import select
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import (
@@ -727,6 +729,19 @@ class LoopBinding:
             return None
         self.loop, self.thread, self.forks = running, threading.get_ident(), _FORKS[0]
         return "fork" if forked else "loop"
+
+
+FRESH: Final = 0.02
+"""Seconds after a sound exchange during which a kept connection is reused without a
+:func:`stale` check (a system call per call saved; a server restarted within them costs a
+call a ``BackendError``, or a resend where the backend's rules allow one)."""
+
+
+def stale(sock: socket.socket) -> bool:
+    """Whether an idle connection can be read from: only a closed or broken one can."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 READ_SIZE: Final = 64 * 1024

@@ -67,6 +67,7 @@ from urllib.parse import unquote_to_bytes
 
 from cacheorm.backends import base
 from cacheorm.backends.base import (
+    FRESH,
     KEEP_TTL,
     READ_SIZE,
     TTL,
@@ -74,6 +75,7 @@ from cacheorm.backends.base import (
     Command,
     Keep,
     resolve_ttl,
+    stale,
 )
 from cacheorm.errors import (
     BackendError,
@@ -1251,9 +1253,9 @@ def _connected(exchange: _Exchange[_Node]) -> socket.socket | None:
     # call per call), nor TLS (its session tickets can make a sound idle one readable).
     if (
         sock is not None
-        and time.monotonic() - node.used > _FRESH
+        and time.monotonic() - node.used > FRESH
         and not isinstance(sock, ssl.SSLSocket)
-        and _stale(sock)
+        and stale(sock)
     ):
         # Closed by the server while idle (a restart, an idle timeout), or holding
         # bytes nobody asked for: start afresh; nothing was sent on it yet.
@@ -1266,18 +1268,6 @@ def _connected(exchange: _Exchange[_Node]) -> socket.socket | None:
             _fail(exchange, "cannot be connected", err)
             return None
     return client.sock
-
-
-_FRESH: Final = 0.02
-"""Seconds after a sound exchange during which its connection is not checked for staleness
-(a server restarted within them costs a call a ``BackendError``, never a resend)."""
-
-
-def _stale(sock: socket.socket) -> bool:
-    """Whether an idle connection can be read from: only a closed or broken one can."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def _receive(exchange: _Exchange[_Node], sock: socket.socket) -> None:
