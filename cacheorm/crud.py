@@ -549,13 +549,17 @@ def _plan_rmw(
             if _is_absence(raw, bkey):  # a remembered absence: no record
                 raise NotFound(f"{schema.name} {key!r} not found") from None
             raise
-        if isinstance(edit, dict):
-            new = schema.evolve(old, edit, checked=True)  # by _check_changes, before the read
+        if isinstance(edit, dict):  # checked by _check_changes, before the read
+            new = schema.evolve(old, edit, checked=True)
+            may_move = False  # no key field among the changes: old's key, checked by _decode
         else:
             new = schema.prepare((yield from invoke(edit, old)))
+            may_move = True
         if repo.hooks.before_update:
             new = _before(repo, "before_update", new)
-        schema.check_same_key(key, new)
+            may_move = True
+        if may_move:  # the user's function or a hook may have changed the key
+            schema.check_same_key(key, new)
         (ok,) = yield [Cas(bkey, _encode(repo, new, bkey), token, ttl)]
         if _check(ok):
             if repo.hooks.after_update:
