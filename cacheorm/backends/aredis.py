@@ -14,10 +14,10 @@ then cacheorm speaks RESP on its transport itself (:mod:`.resp`, an
 asyncio protocol, :class:`~.base.BufferedReads`, that parses replies as
 they arrive and wakes the call once). ``redis.asyncio``'s own per-command
 layers (a pool lock, packing, ``wait_for`` per write and per read, events
-and metrics hooks, a coroutine per reply) cost more CPU than a whole cacheorm call: measured at
-50 tasks, a ``get`` of a 6-field record took 68 µs of CPU through them
-against 53 µs for raw ``redis.asyncio`` alone, and 45 µs through this
-module. Connections are kept per server, at most ``max_connections`` in
+and metrics hooks, a coroutine per reply) cost more CPU than a whole
+cacheorm call: measured at 50 tasks, a ``get`` of a 6-field record took
+68 µs of CPU through them against 53 µs for raw ``redis.asyncio`` alone,
+and 45 µs through this module. Connections are kept per server, at most ``max_connections`` in
 use per backend.
 
 Cancellation. A call cancelled at any ``await`` (``task.cancel()``,

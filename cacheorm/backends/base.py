@@ -731,6 +731,8 @@ class LoopBinding:
         return "fork" if forked else "loop"
 
 
+# -- connections kept between calls, and reads from their sockets ---------------------
+
 FRESH: Final = 0.02
 """Seconds after a sound exchange during which a kept connection is reused without a
 :func:`stale` check (a system call per call saved; a server restarted within them costs a
