@@ -78,6 +78,7 @@ from cacheorm.backends.redis import (
     no_slot_map,
     pair_replies,
     parse_cluster_url,
+    request_of,
     route,
     standalone_server,
 )
@@ -485,10 +486,7 @@ class AsyncRedisBackend(RedisSetup):
             except self._errors as err:
                 return lost_replies(server, wires, err, sent=False)
             asked = sum(2 if wire.asking else 1 for wire in wires)
-            if asked == 1:
-                request = resp.pack((wires[0].args,))
-            else:
-                request = resp.pack([args for wire in wires for args in wire.packed()])
+            request = request_of(wires)
             complete = False
             try:
                 try:

@@ -370,6 +370,13 @@ Reply: TypeAlias = tuple[str, Wire, object]
 """(server, wire, reply): the reply is the server's answer, its error reply, or a Lost."""
 
 
+def request_of(wires: Sequence[Wire]) -> bytes:
+    """The wires' commands as one write (a wire an ``ASK`` redirected after its ``ASKING``)."""
+    if any(wire.asking for wire in wires):
+        return resp.pack([args for wire in wires for args in wire.packed()])
+    return resp.pack([wire.args for wire in wires])
+
+
 def lost_replies(server: str, wires: Sequence[Wire], err: Exception, *, sent: bool) -> list[Reply]:
     """The replies of commands whose connection failed before their answers: a Lost each."""
     lost = Lost(err, sent=sent)
@@ -1456,10 +1463,7 @@ class RedisBackend(RedisSetup):
         except self._errors as err:
             replies.extend(lost_replies(server, wires, err, sent=False))
             return None
-        if len(wires) == 1 and not wires[0].asking:
-            request = resp.pack((wires[0].args,))
-        else:
-            request = resp.pack([args for wire in wires for args in wire.packed()])
+        request = request_of(wires)
         try:
             sock = connection._sock
             if sock is None:
