@@ -284,16 +284,13 @@ class Lost(NamedTuple):
     """``False`` when the connection could not be made: nothing reached the server."""
 
 
-class _Kept(NamedTuple):
-    """A pool's connections kept by a :class:`RedisBackend`, each with when it was last used."""
-
-    pool: _Pool
-    idle: list[tuple[_Connection, float]]
+_Kept: TypeAlias = "dict[_Pool, list[tuple[_Connection, float]]]"
+"""Per pool, the connections a :class:`RedisBackend` keeps, each with when it was last used."""
 
 
-def _give_back(kept: dict[int, _Kept]) -> None:
+def _give_back(kept: _Kept) -> None:
     """Return kept connections to their pools (at ``close`` or when the backend is collected)."""
-    for pool, idle in list(kept.values()):
+    for pool, idle in list(kept.items()):
         while idle:
             connection, _ = idle.pop()
             with contextlib.suppress(Exception):  # a pool already closed, or of a dead fork
@@ -1294,7 +1291,7 @@ class RedisBackend(RedisSetup):
         self._refresh_lock = threading.Lock()
         self._refreshing = 0  # the pid whose slot-map refresh thread is running
         # Connections kept between calls, per pool (see _checkout); this process's only.
-        self._kept: dict[int, _Kept] = {}
+        self._kept: _Kept = {}
         self._forks = base.forks()
         weakref.finalize(self, _give_back, self._kept)
         if isinstance(client, redis_module.RedisCluster):
@@ -1426,10 +1423,10 @@ class RedisBackend(RedisSetup):
         if self._forks != base.forks():  # a fork's child: the kept ones are the parent's
             self._kept.clear()
             self._forks = base.forks()
-        kept = self._kept.get(id(pool))
-        while kept is not None and kept.idle:
+        idle = self._kept.get(pool)
+        while idle:
             try:
-                connection, used = kept.idle.pop()  # atomic: threads share the list
+                connection, used = idle.pop()  # atomic: threads share the list
             except IndexError:
                 break
             sock = connection._sock
@@ -1449,10 +1446,10 @@ class RedisBackend(RedisSetup):
         ):
             pool.release(connection)
             return
-        kept = self._kept.get(id(pool))
-        if kept is None:
-            kept = self._kept.setdefault(id(pool), _Kept(pool, []))
-        kept.idle.append((connection, time.monotonic()))
+        idle = self._kept.get(pool)
+        if idle is None:
+            idle = self._kept.setdefault(pool, [])
+        idle.append((connection, time.monotonic()))
 
     def _send(
         self, server: str, pool: _Pool, wires: list[Wire], replies: list[Reply]
