@@ -207,6 +207,7 @@ def bench_memcached(address: tuple[str, int]) -> None:
 
     print_row("update (one field)", *compare(lambda: co.update(repo, 1, score=2.5), raw_update, n))
     print_row("delete", *compare(lambda: co.delete(repo, 5), lambda: client.delete("raw:5"), n))
+    bench_contention(repo)
     client.close()
 
 

@@ -12,6 +12,7 @@ import contextlib
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
@@ -335,6 +336,78 @@ def test_a_dead_node_fails_only_its_own_keys(
     assert isinstance(many, co.BackendError)  # get_many cannot return a partial list
     assert many.server == _name(dead)
     backend.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_call_stuck_on_a_hung_node_holds_up_no_other_threads_call(
+    pool: tuple[list[MemcachedServer], dict[bytes, int]],
+) -> None:
+    nodes, holder = pool
+    slow = 2.0
+    backend = MemcachedBackend(
+        servers=[node.address for node in nodes], timeout=slow, connect_timeout=TIMEOUT
+    )
+    keys = list(holder)
+    assert backend.get_many(*keys) == [b"v-" + key for key in keys]  # connections are open
+    dead_key = next(key for key in keys if holder[key] == 1)
+    live_key = next(key for key in keys if holder[key] == 0)
+    stuck: list[tuple[object, float, float]] = []
+
+    def wait_on_the_hung_node() -> None:
+        started = time.monotonic()
+        result, elapsed = _timed(lambda: backend.get(dead_key))
+        stuck.append((result, started, started + elapsed))
+
+    with frozen(nodes[1].pid):
+        thread = threading.Thread(target=wait_on_the_hung_node)
+        thread.start()
+        time.sleep(0.3)  # the other thread is waiting for the hung node's reply
+        started = time.monotonic()
+        value, elapsed = _timed(lambda: backend.get(live_key))
+        thread.join()
+    assert value == b"v-" + live_key
+    ((result, stuck_start, stuck_end),) = stuck
+    assert isinstance(result, co.BackendError)
+    assert result.server == _name(nodes[1])
+    assert stuck_start < started < stuck_end, "the two calls overlapped"
+    assert elapsed < TIMEOUT, f"the healthy node's call waited {elapsed:.2f} s"
+    backend.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("given", [False, True], ids=["servers", "client"])
+def test_threads_sharing_a_backend_count_exactly_on_their_own_connections(
+    server_factory: ServerFactory, given: bool
+) -> None:
+    server = server_factory.memcached()
+    raw = Client(server.address, timeout=2)
+    own = Client(server.address, timeout=2)
+    backend = MemcachedBackend(client=own) if given else MemcachedBackend(servers=[server.address])
+    backend.set(b"n", b"0")
+    before = raw.stats()[b"total_connections"]
+    assert isinstance(before, int)
+    threads, per_thread = 8, 150
+
+    def work() -> None:
+        for i in range(per_thread):
+            backend.incr(b"n")
+            assert backend.get_many(b"n", b"absent")[1] is None
+            if i % 50 == 0:
+                backend.set(b"t", b"x" * 1000)
+
+    with ThreadPoolExecutor(threads) as executor:
+        for done in [executor.submit(work) for _ in range(threads)]:
+            done.result()  # a worker's failed assertion fails the test
+    assert backend.get(b"n") == b"%d" % (threads * per_thread)
+    opened = raw.stats()[b"total_connections"]
+    assert isinstance(opened, int)
+    if given:  # the client's one socket, the calls taking turns on it
+        assert opened - before == 0
+    else:  # one per call running at once, kept between calls
+        assert opened - before <= threads - 1  # the first set was open already
+    backend.close()
+    own.close()
+    raw.close()
 
 
 def test_an_adopted_pooled_hashclient_keeps_its_key_prefix(

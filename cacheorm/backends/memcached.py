@@ -626,6 +626,7 @@ class _Server(Protocol):
 
 
 _N = TypeVar("_N", bound=_Server)
+_M = TypeVar("_M", bound=_Server)
 
 
 class _Exchange(Generic[_N]):
@@ -1170,7 +1171,7 @@ def _fail(exchange: _Exchange[_Node], reason: str, cause: BaseException) -> None
     exchange.node.client.close()
 
 
-def _converse(exchanges: list[_Exchange[_Node]]) -> None:
+def _converse(exchanges: Sequence[_Exchange[_Node]]) -> None:
     """Run the exchanges: every server's commands sent and its replies read, concurrently.
 
     A server fails when it cannot be connected, closes the connection, sends
@@ -1361,32 +1362,96 @@ def _finder(client: Client | HashClient) -> Callable[[bytes], str | None] | None
     return hasher.get_node
 
 
+def _spawners(client: Client | HashClient, owned: bool) -> list[Callable[[], Client]] | None:
+    """How to open another connection to each server of ``client``, in its order, with
+    its settings; ``None`` when the backend must use the client's own sockets (a
+    ``Client`` or an unpooled ``HashClient`` given in, which its owner may also use)."""
+    from pymemcache.client.base import Client, PooledClient
+    from pymemcache.client.hash import HashClient
+
+    nodes = list(client.clients.values()) if isinstance(client, HashClient) else [client]
+    if all(isinstance(node, PooledClient) for node in nodes):
+        return [node._create_client for node in cast("list[PooledClient]", nodes)]
+    if not owned:
+        return None
+
+    def spawner(node: Client) -> Callable[[], Client]:
+        # Built by _new_client or by its HashClient from these settings alone.
+        return lambda: Client(
+            node.server,
+            connect_timeout=node.connect_timeout,
+            timeout=node.timeout,
+            no_delay=node.no_delay,
+            key_prefix=node.key_prefix,
+        )
+
+    return [spawner(cast("Client", node)) for node in nodes]
+
+
+class _Conns:
+    """One connection to each server, and where keys live among them: what one call uses.
+
+    A call checks a set out of its backend and gives it back when it ends, so
+    threads sharing a backend run their calls at once, each on its own sockets.
+    """
+
+    __slots__ = ("forks", "nodes", "place")
+
+    def __init__(self, nodes: list[_Node], place: _Placer[_Node]) -> None:
+        self.nodes = nodes
+        self.place = place
+        self.forks = base.forks()
+        """The process's fork count when the set was made: a child's sets are its own."""
+
+    def close(self, owned_only: bool = False) -> None:
+        """Close the sockets (they reopen on next use); a child closes only its copies.
+
+        ``owned_only``: leave the sockets of a client given in to its owner.
+        """
+        for node in self.nodes:
+            if node.owned or not owned_only:
+                node.client.close()
+
+
 class _Placer(Generic[_N]):
     """Where a key lives: one of ``nodes``, as :func:`_finder` says, remembered.
 
-    Rendezvous hashing is slow in Python, so the last placements are cached.
+    Rendezvous hashing is slow in Python, so the last placements are cached,
+    as positions in ``nodes``: :meth:`over` makes a placer of another set of
+    nodes for the same servers that shares the cache (dict operations are
+    atomic, so threads may share it).
     """
 
-    __slots__ = ("_by_name", "_find", "_placed", "single")
+    __slots__ = ("_find", "_index", "_nodes", "_placed", "single")
 
-    def __init__(self, nodes: Sequence[_N], find: Callable[[bytes], str | None] | None) -> None:
-        self._by_name = {node.name: node for node in nodes}
+    def __init__(
+        self,
+        nodes: Sequence[_N],
+        find: Callable[[bytes], str | None] | None,
+        placed: dict[bytes, int] | None = None,
+    ) -> None:
+        self._nodes = list(nodes)
+        self._index = {node.name: index for index, node in enumerate(nodes)}
         self.single = nodes[0] if find is None else None
         """The one node every key lives on, or ``None`` with several servers."""
         self._find = find
-        self._placed: dict[bytes, _N] = {}
+        self._placed: dict[bytes, int] = {} if placed is None else placed
+
+    def over(self, nodes: Sequence[_M]) -> _Placer[_M]:
+        """A placer of ``nodes`` (one per server, in the same order), sharing this one's cache."""
+        return _Placer(nodes, self._find, self._placed)
 
     def __call__(self, key: bytes) -> _N:
         single = self.single
         if single is not None:
             return single
-        node = self._placed.get(key)
-        if node is None:
+        index = self._placed.get(key)
+        if index is None:
             if len(self._placed) >= _PLACEMENT_CACHE:
                 self._placed.clear()
             assert self._find is not None  # set whenever there is more than one server
-            node = self._placed[key] = self._by_name[cast("str", self._find(key))]
-        return node
+            index = self._placed[key] = self._index[cast("str", self._find(key))]
+        return self._nodes[index]
 
 
 # -- fork safety ----------------------------------------------------------------
@@ -1409,10 +1474,15 @@ class MemcachedBackend:
 
     Keys are placed exactly as pymemcache's ``HashClient`` places them (the same
     rendezvous hashing over the same server list), so data written by a plain
-    ``HashClient`` or an older cacheorm is found. Every call holds one lock, as
-    the connections are not thread-safe; an uncontended lock costs well under a
-    microsecond, next to a round trip of tens of microseconds. Every write waits
-    for the server's reply, so failures are seen.
+    ``HashClient`` or an older cacheorm is found. Every write waits for the
+    server's reply, so failures are seen.
+
+    **Threads.** A backend may be shared by threads, and their calls run at
+    once: each call takes a set of connections (one per server) that no other
+    call uses until it ends, and a backend keeps the sets its calls gave back,
+    so it opens as many per server as calls ran at once. A ``client=`` given
+    in without pooling lends its own sockets, which are not thread-safe: its
+    calls take turns. (A ``HashClient`` with ``use_pooling=True`` makes more.)
 
     **Faults.** A call sends each server's commands in one pipeline and reads
     the servers' replies concurrently, so a server that does not answer costs
@@ -1460,7 +1530,6 @@ class MemcachedBackend:
         timeout: float = 2.0,
     ) -> None:
         self.default_ttl = resolve_ttl(default_ttl, 0)
-        self._lock = threading.Lock()
         self._forks = base.forks()
         self._owns_client = client is None
         if client is None:
@@ -1470,29 +1539,73 @@ class MemcachedBackend:
                 "pass a client with ignore_exc=False: cacheorm reports a down server "
                 "as BackendError instead of a silent miss"
             )
-        self._nodes = _nodes_of(client, self._owns_client)
-        self._place = _Placer(self._nodes, _finder(client))
+        nodes = _nodes_of(client, self._owns_client)
+        self._first = _Conns(nodes, _Placer(nodes, _finder(client)))
+        self._spawners = _spawners(client, self._owns_client)
+        self._idle = [self._first]
+        """Connection sets no call is using (see :meth:`_checkout`)."""
+        self._turn = threading.Lock() if self._spawners is None else None
+        """With the client's own sockets (one set): calls take turns under this lock."""
+        self._closed = False
         # memcached_key() stays within 250 bytes; a client's key_prefix eats into that.
-        self._room = MAX_KEY_LENGTH - max(len(node.prefix) for node in self._nodes)
+        self._room = MAX_KEY_LENGTH - max(len(node.prefix) for node in nodes)
         _LIVE.add(self)
 
     def __repr__(self) -> str:
-        return f"MemcachedBackend({[node.name for node in self._nodes]!r})"
+        return f"MemcachedBackend({[node.name for node in self._first.nodes]!r})"
 
     # -- plumbing -----------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._forget_connections()
+        """Drop the parent's connections: the child opens its own on first use.
 
-    def _forget_connections(self) -> None:
-        """Drop every socket (after a fork they are the parent's: closing ours leaves its open)."""
-        for node in self._nodes:
-            node.client.close()
+        Sets that other threads of the parent had checked out are the parent's
+        alone; the first set stays (its sockets closed: the child's copies).
+        """
+        if self._turn is not None:
+            self._turn = threading.Lock()  # the parent's may have been held at the fork
+        self._first.close()
+        self._first.forks = base.forks()
+        self._idle = [self._first]
         self._forks = base.forks()
 
+    def _checkout(self) -> _Conns:
+        """A set of connections for one call, to give back with :meth:`_checkin`."""
+        if self._forks != base.forks():  # forked without the at-fork hook running
+            self._after_fork_in_child()
+        if self._turn is not None:
+            self._turn.acquire()
+        try:
+            return self._idle.pop()  # atomic: threads share the list
+        except IndexError:
+            pass
+        try:
+            assert self._spawners is not None  # else the one set was idle: it is ours
+            nodes = [
+                _Node(spawn(), node.name, owned=True)
+                for spawn, node in zip(self._spawners, self._first.nodes, strict=True)
+            ]
+            return _Conns(nodes, self._first.place.over(nodes))
+        except BaseException:
+            if self._turn is not None:
+                self._turn.release()
+            raise
+
+    def _checkin(self, conns: _Conns, sound: bool = True) -> None:
+        """Take a set back after a call; ``sound=False``: it was interrupted mid-exchange,
+        so replies still on their way would answer the next call: its sockets close."""
+        if not sound or self._closed:
+            conns.close(owned_only=sound)
+        if conns.forks == base.forks():  # else it belongs to the parent
+            self._idle.append(conns)
+        if self._turn is not None:
+            self._turn.release()
+
     def _execute(
-        self, jobs: Sequence[_Job[object] | CacheORMError], placed: _Placed[_Node] | None = None
+        self,
+        jobs: Sequence[_Job[object] | CacheORMError],
+        placed: _Placed[_Node] | None = None,
+        given: _Conns | None = None,
     ) -> list[object]:
         """Run the jobs, pipelined per server; return each result or error, in order.
 
@@ -1501,25 +1614,29 @@ class MemcachedBackend:
         that may still send another request (so one key's commands run in order);
         servers are independent, so their commands may run in any relative order.
         A server that failed fails the rest of the call's commands for it at once.
-        ``placed`` (instead of ``jobs``): one-request jobs on the servers named.
+        ``placed`` (instead of ``jobs``): one-request jobs on the nodes named,
+        which are ``given``'s; ``given``: the call's set of connections, else one
+        is checked out for the jobs.
         """
         results: list[object] = [None] * len(placed if placed is not None else jobs)
-        with self._lock:
-            if self._forks != base.forks():
-                self._forget_connections()
+        conns = self._checkout() if given is None else given
+        sound = False
+        try:
             if placed is not None:
                 queues = _placed_queues(placed)
             else:
-                queues = _enqueue(jobs, results, self._room, self._place)
+                queues = _enqueue(jobs, results, self._room, conns.place)
             failed: dict[_Node, BackendError] = {}
-            try:
-                while queues:
-                    queues = _round(queues, failed, results)
-            except BaseException:
-                # Interrupted inside an exchange (KeyboardInterrupt, a bug): replies still
-                # on their way would answer the next call's commands. Start afresh.
-                self._forget_connections()
-                raise
+            while queues:
+                queues = _round(queues, failed, results)
+            # Else interrupted inside an exchange (KeyboardInterrupt, a bug): replies
+            # still on their way would answer the next call's commands.
+            sound = True
+        finally:
+            if given is None:
+                self._checkin(conns, sound)
+            elif not sound:
+                given.close()
         return results
 
     def _one(self, job: _Job[_T]) -> _T:
@@ -1531,22 +1648,21 @@ class MemcachedBackend:
         if job.steps is not None or len(job.key) > self._room:
             result = self._execute((job,))[0]
         else:
-            exchange = _alone(job, self._place)
-            with self._lock:
-                if self._forks != base.forks():
-                    self._forget_connections()
-                try:
-                    _converse([exchange])
-                    result, queues = _alone_result(exchange)
-                    if queues:  # it sends another request: the rounds take it on
-                        results = cast("list[object]", result)
-                        failed: dict[_Node, BackendError] = {}
-                        while queues:
-                            queues = _round(queues, failed, results)
-                        result = results[0]
-                except BaseException:
-                    self._forget_connections()  # as in _execute
-                    raise
+            conns = self._checkout()
+            sound = False
+            try:
+                exchange = _alone(job, conns.place)
+                _converse([exchange])
+                result, queues = _alone_result(exchange)
+                if queues:  # it sends another request: the rounds take it on
+                    results = cast("list[object]", result)
+                    failed: dict[_Node, BackendError] = {}
+                    while queues:
+                        queues = _round(queues, failed, results)
+                    result = results[0]
+                sound = True
+            finally:
+                self._checkin(conns, sound)  # as in _execute
         if isinstance(result, CacheORMError):
             raise result
         return cast("_T", result)
@@ -1603,8 +1719,14 @@ class MemcachedBackend:
 
     def _fetch(self, keys: Sequence[bytes]) -> list[object]:
         """Read the keys (one ``get`` per server); each value, ``None`` or error, in order."""
-        exchanges, results = fetches(keys, self._room, self._place)
-        self._converse(exchanges)
+        conns = self._checkout()
+        sound = False
+        try:
+            exchanges, results = fetches(keys, self._room, conns.place)
+            _converse(exchanges)
+            sound = True
+        finally:
+            self._checkin(conns, sound)  # as in _execute
         for exchange in exchanges:
             exchange.fill(results)
         return results
@@ -1615,24 +1737,19 @@ class MemcachedBackend:
         A key whose value was refused as too large has its old value deleted
         next, as :meth:`_execute` does, before its error is reported.
         """
-        exchanges, results = stores(commands, self.default_ttl, self._room, self._place)
-        self._converse(exchanges)
-        slots, jobs = fill_stores(exchanges, results)
-        if jobs:
-            for slot, result in zip(slots, self._execute(jobs), strict=True):
-                results[slot] = result
+        conns = self._checkout()
+        sound = False
+        try:
+            exchanges, results = stores(commands, self.default_ttl, self._room, conns.place)
+            _converse(exchanges)
+            slots, jobs = fill_stores(exchanges, results)
+            if jobs:
+                for slot, result in zip(slots, self._execute(jobs, given=conns), strict=True):
+                    results[slot] = result
+            sound = True
+        finally:
+            self._checkin(conns, sound)  # as in _execute
         return results
-
-    def _converse(self, exchanges: Sequence[_Exchange[_Node]]) -> None:
-        """Run the exchanges under the backend's lock (see :func:`_converse`)."""
-        with self._lock:
-            if self._forks != base.forks():
-                self._forget_connections()
-            try:
-                _converse(list(exchanges))
-            except BaseException:
-                self._forget_connections()  # as in _execute: replies may still be on their way
-                raise
 
     def get_with_ttl(self, key: bytes) -> tuple[bytes, float] | None:
         """Return the value and its remaining seconds (``0.0`` = never), from its flags."""
@@ -1736,7 +1853,7 @@ class MemcachedBackend:
 
     def server_for(self, key: bytes, reading: bool = False) -> str:
         """``"host:port"`` of the server ``key`` lives on (for the engine's fail-fast outages)."""
-        return self._place(memcached_key(key)).name
+        return self._first.place(memcached_key(key)).name
 
     def clear_prefix(self, prefix: bytes, shape: re.Pattern[bytes] | None = None) -> int:
         """Remove every key under ``prefix`` (matching ``shape``) from every server.
@@ -1759,17 +1876,22 @@ class MemcachedBackend:
             BackendError: a server could not be crawled (an older memcached,
                 ``-o no_lru_crawler``) or failed; the other servers are cleared.
         """
-        steps = _clear_steps(self._nodes, prefix, shape)
+        conns = self._checkout()
+        sound = False
         try:
+            steps = _clear_steps(conns.nodes, prefix, shape)
             step = next(steps)
             while True:
                 if isinstance(step, float):
                     time.sleep(step)
                     step = steps.send([])
                 else:
-                    step = steps.send(self._execute((), step))
+                    step = steps.send(self._execute((), step, conns))
         except StopIteration as done:
+            sound = True
             return cast("int", done.value)
+        finally:
+            self._checkin(conns, sound)
 
     def ping(self) -> None:
         """Return when every server answers a read (of a key no record uses), all at once.
@@ -1778,8 +1900,14 @@ class MemcachedBackend:
             BackendError: a server cannot be reached or does not answer within
                 the timeouts (``.server`` names the first such server).
         """
-        exchanges = [_Exchange(node, [_Task(0, _get_job(PING_KEY))]) for node in self._nodes]
-        self._converse(exchanges)
+        conns = self._checkout()
+        sound = False
+        try:
+            exchanges = [_Exchange(node, [_Task(0, _get_job(PING_KEY))]) for node in conns.nodes]
+            _converse(exchanges)
+            sound = True
+        finally:
+            self._checkin(conns, sound)
         for exchange in exchanges:
             if exchange.error is not None:
                 raise exchange.error
@@ -1789,10 +1917,18 @@ class MemcachedBackend:
 
         A client passed in as ``client=`` is left open: its owner closes it.
         """
-        with self._lock:
-            for node in self._nodes:
-                if node.owned:
-                    node.client.close()
+        self._closed = True  # sets in use are closed as their calls give them back
+        if self._turn is not None:
+            return  # the client's own sockets (see Threads): nothing of ours is open
+        idle: list[_Conns] = []
+        while True:
+            try:
+                idle.append(self._idle.pop())
+            except IndexError:
+                break
+        for conns in idle:
+            conns.close(owned_only=True)
+        self._idle.extend(idle)
 
 
 def _jobs(commands: Sequence[Command], default: int) -> list[_Job[object] | CacheORMError]:

@@ -22,6 +22,7 @@ class Client:
     sock: socket.socket | None
     connect_timeout: float | None
     timeout: float | None
+    no_delay: bool
     key_prefix: bytes
     def __init__(
         self,
