@@ -10,6 +10,7 @@ one timeout; a forked child opens its own connections.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -20,9 +21,12 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import pytest
 import redis
 import redis.asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
 import cacheorm as co
+from cacheorm.backends import resp
 from cacheorm.backends.base import Cas, Get, Incr, Set
 from tests.proxy import Proxy
 from tests.servers import start_redis_cluster, wait_until_stopped
@@ -378,6 +382,37 @@ def test_values_of_every_size_arrive_whole(urls: str) -> None:
         await backend.aclose()
 
     run(main())
+
+
+_REPLIES = st.lists(
+    st.one_of(
+        st.binary(max_size=40).map(lambda v: (b"$%d\r\n%b\r\n" % (len(v), v), v)),
+        st.just((b"$-1\r\n", None)),
+        st.integers(-(2**40), 2**40).map(lambda n: (b":%d\r\n" % n, n)),
+        st.just((b"+OK\r\n", b"OK")),
+        st.lists(st.binary(max_size=8), max_size=3).map(
+            lambda items: (
+                b"*%d\r\n" % len(items) + b"".join(b"$%d\r\n%b\r\n" % (len(v), v) for v in items),
+                items,
+            )
+        ),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_REPLIES, st.lists(st.integers(0, 200), max_size=6))
+def test_replies_split_anywhere_across_reads_parse_whole_and_in_order(
+    replies: list[tuple[bytes, object]], cuts: list[int]
+) -> None:
+    wire = b"".join(data for data, _ in replies)
+    expected = resp.Replies(len(replies), redis.exceptions.ResponseError)
+    bounds = sorted({min(cut, len(wire)) for cut in cuts} | {0, len(wire)})
+    done = [expected.feed(wire[a:b]) for a, b in itertools.pairwise(bounds)]
+    assert expected.got == [value for _, value in replies]
+    assert (done[-1] if done else not replies) is True
+    assert not any(done[:-1]), "every reply was in only after the last read"
 
 
 # -- processes and event loops ----------------------------------------------------------

@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.crc import key_slot
 
 import cacheorm as co
 from cacheorm.backends.base import FRESH, Add, Delete, Get, Gets, Incr, Set
-from cacheorm.backends.redis import RedisBackend
+from cacheorm.backends.redis import RedisBackend, hash_slots
 from cacheorm.crud import LOCK_PREFIX
 from tests.proxy import Proxy
 from tests.records import NOTE, PERSON, Note, Person
@@ -345,6 +347,18 @@ def test_cluster_url_is_checked() -> None:
         RedisBackend(url=f"redis+cluster://127.0.0.1:{port}", socket_connect_timeout=0.5)
     assert time.monotonic() - started < 2
     assert caught.value.server == f"127.0.0.1:{port}"
+
+
+_KEY_BYTES = st.sampled_from([b"{", b"}", b"{}", b"a", b"\x00", b"\xff", b"user:1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(max_size=12) | st.lists(_KEY_BYTES, max_size=6).map(b"".join), max_size=12)
+)
+def test_batch_keys_hash_to_redis_slots_hash_tags_included(keys: list[bytes]) -> None:
+    # A batch groups keys by slot (one MGET per slot): a wrong slot would be a CROSSSLOT.
+    assert hash_slots(keys) == [key_slot(key) for key in keys]
 
 
 # -- 3. a slot migrated key by key ------------------------------------------------------

@@ -47,6 +47,7 @@ import ssl
 import threading
 import time
 import weakref
+from binascii import crc_hqx
 from collections.abc import Generator
 from typing import (
     TYPE_CHECKING,
@@ -274,6 +275,19 @@ def driver() -> Driver:
         BaseParser.parse_error,
         (e.RedisError, e.RedisClusterException, OSError),
     )
+
+
+def hash_slots(keys: Sequence[bytes]) -> list[int]:
+    """Each key's Redis Cluster hash slot, as ``redis.crc.key_slot`` computes it.
+
+    Without a hash tag (no ``{`` in any key: one search of them all), a slot
+    is the key's CRC16 (``binascii.crc_hqx``, in C) modulo 16384, with no
+    Python call per key: half the cost of a 100-key batch's slots.
+    """
+    if b"{" in b"".join(keys):
+        key_slot = driver().key_slot
+        return [key_slot(key) for key in keys]
+    return [crc_hqx(key, 0) & 16383 for key in keys]
 
 
 class Lost(NamedTuple):
@@ -743,10 +757,13 @@ class RedisCore:
         """Indexes of ``keys`` by hash slot (all under slot -1 on a standalone server)."""
         if not self.cluster:
             return {-1: list(range(len(keys)))}
-        key_slot = self.d.key_slot
         slots: dict[int, list[int]] = {}
-        for index, key in enumerate(keys):
-            slots.setdefault(key_slot(key), []).append(index)
+        for index, slot in enumerate(hash_slots(keys)):
+            group = slots.get(slot)
+            if group is None:
+                slots[slot] = [index]
+            else:
+                group.append(index)
         return slots
 
     # -- sending: the resend and redirection rules ----------------------------------------
@@ -964,6 +981,9 @@ class RedisCore:
             outcome = wire.outcome
             if isinstance(outcome, DecodeError):  # a GET's WRONGTYPE: missing, as for MGET
                 outcome = None
+            if len(group) == 1:  # a GET: its value, None or error
+                found[group[0]] = outcome
+                continue
             values = outcome if isinstance(outcome, list) else [outcome] * len(group)
             for index, value in zip(group, values, strict=True):
                 found[index] = value

@@ -52,6 +52,13 @@ def pack(commands: Iterable[tuple[object, ...]]) -> bytes:
     out: list[bytes] = []
     add = out.append
     for args in commands:
+        if len(args) == 2:  # GET, DEL, EXISTS... of a key: one format (a batch's many)
+            name, key = args
+            if type(key) is bytes and type(name) is str:
+                head = _NAMES.get(name)
+                if head is not None:
+                    add(b"*2\r\n%b$%d\r\n%b\r\n" % (head, len(key), key))
+                    continue
         add(b"*%d\r\n" % len(args))
         for arg in args:
             if type(arg) is str:  # a command's name: encoded once
@@ -195,11 +202,26 @@ class Replies:
         got, pos, size = self.got, 0, len(data)
         try:
             while pos < size:
-                if data[pos] == 62:  # > a push
+                kind = data[pos]
+                if kind == 36:  # $ a bulk string (a GET's value), inlined: a call less each
+                    line_end = data.find(b"\r\n", pos)
+                    if line_end < 0:
+                        raise Incomplete(size + 1)
+                    length = int(data[pos + 1 : line_end])
+                    if length < 0:
+                        got.append(None)
+                        pos = line_end + 2
+                        continue
+                    end = line_end + 2 + length
+                    if size < end + 2:
+                        raise Incomplete(end + 2)  # pos: where this reply starts
+                    got.append(data[line_end + 2 : end])
+                    pos = end + 2
+                elif kind == 62:  # > a push
                     _, pos = parse(data, pos, self.parse_error)
-                    continue
-                reply, pos = parse(data, pos, self.parse_error)
-                got.append(reply)
+                else:
+                    reply, pos = parse(data, pos, self.parse_error)
+                    got.append(reply)
         except Incomplete as more:
             self._need = more.need - pos
             buffer += data[pos:]
