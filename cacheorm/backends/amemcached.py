@@ -87,8 +87,6 @@ from cacheorm.backends.base import (
 from cacheorm.backends.memcached import (
     MAX_KEY_LENGTH,
     PING_KEY,
-    _alone,
-    _alone_result,
     _cas_job,
     _clear_steps,
     _Closed,
@@ -106,6 +104,8 @@ from cacheorm.backends.memcached import (
     _incr_steps,
     _Job,
     _jobs,
+    _Lone,
+    _lone_result,
     _new_client,
     _Placed,
     _placed_queues,
@@ -690,11 +690,11 @@ class AsyncMemcachedBackend:
         if self._running or job.steps is not None or len(job.key) > self._room:
             result = (await self._execute((job,)))[0]
         else:
-            exchange = _alone(job, self._place)
+            exchange = _Lone(self._place(job.key), job)
             self._running += 1
             try:
                 await exchange.node.run(exchange)
-                result, queues = _alone_result(exchange)
+                result, queues = _lone_result(job, exchange)
                 if queues:  # it sends another request: the rounds take it on
                     results = cast("list[object]", result)
                     await self._run_queues(queues, results)

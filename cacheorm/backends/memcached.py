@@ -50,7 +50,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Container, Generator
 from typing import (
     TYPE_CHECKING,
     Final,
@@ -804,7 +804,7 @@ class _Exchange(Generic[_N]):
             server=name,
         )
 
-    def _one_item(self, data: bytes, pos: int, eol: int, wanted: frozenset[bytes]) -> int:
+    def _one_item(self, data: bytes, pos: int, eol: int, wanted: Container[bytes]) -> int:
         """The reply to a one-key fetch, a ``VALUE`` line at ``pos``, taken whole with its END.
 
         Returns where the reply ends (its reply added), ``-1`` when more is
@@ -1651,9 +1651,9 @@ class MemcachedBackend:
             conns = self._checkout()
             sound = False
             try:
-                exchange = _alone(job, conns.place)
+                exchange = _Lone(conns.place(job.key), job)
                 _converse([exchange])
-                result, queues = _alone_result(exchange)
+                result, queues = _lone_result(job, exchange)
                 if queues:  # it sends another request: the rounds take it on
                     results = cast("list[object]", result)
                     failed: dict[_Node, BackendError] = {}
@@ -2215,27 +2215,104 @@ def _enqueue(
     return queues
 
 
-def _alone(job: _Job[object], place: Callable[[bytes], _N]) -> _Exchange[_N]:
-    """The exchange of a command of one request run alone (the common call), without rounds.
+_ONE_REPLY: Final[list[tuple[int, int, frozenset[bytes] | None]]] = [(0, 1, None)]
+"""The groups of a :class:`_Lone` exchange: one reply, so it is done once ``group`` is 1."""
+_NO_REPLIES: Final[frozenset[bytes]] = frozenset()
 
-    For a job whose ``steps`` is ``None`` and whose key fits; see :func:`_alone_result`.
+
+class _Lone(_Exchange[_N]):
+    """The exchange of a command of one request run alone (most calls): an
+    :class:`_Exchange` to the transports, without a round's bookkeeping.
+
+    For a job whose ``steps`` is ``None`` and whose key fits. Its one reply (a
+    line, or a fetch's item or ``None``) goes in :attr:`replies`; see
+    :func:`_lone_result`.
     """
-    return _Exchange(place(job.key), [_Task(0, job)])
+
+    __slots__ = ("expected", "request", "wanted")
+
+    def __init__(self, node: _N, job: _Job[object]) -> None:
+        self.node = node
+        self.sent = 0
+        self.buf = bytearray()
+        self.need = 0
+        self.group = 0
+        self.groups = _ONE_REPLY
+        self.replies = []
+        self.error = None
+        self.reason = ""
+        self.deadline = math.inf
+        request = cast("_Fetch | _Line", job.request)
+        self.request = request
+        if type(request) is _Fetch:
+            key = node.prefix + request.key
+            self.wanted: tuple[bytes] | None = (key,)  # the key of the one item it may get
+            self.expected: frozenset[bytes] = _NO_REPLIES
+            self.out = (b"gets " if request.cas else b"get ") + key + b"\r\n"
+        else:
+            line = cast("_Line", request)
+            self.wanted = None
+            self.expected = line.replies  # the reply lines that are not errors
+            self.out = line.verb + b" " + node.prefix + line.key + line.tail
+
+    def parse(self) -> None:
+        """Take the reply off the buffer once it is complete.
+
+        Raises:
+            _Desync: a reply that does not answer the command.
+        """
+        buf = self.buf
+        eol = buf.find(b"\r\n")
+        if eol < 0:
+            return
+        wanted = self.wanted
+        if wanted is not None and buf.startswith(b"VALUE "):
+            data = bytes(buf)
+            end = self._one_item(data, 0, eol, wanted)
+            if end < 0:
+                return  # self.need says how much more
+            if end == 0:  # not one plain item and END
+                raise _Desync(data[:eol])
+        else:
+            line = bytes(buf[:eol])
+            end = eol + 2
+            expected = self.expected
+            if line in expected or (expected is _COUNTER_REPLIES and line.isdigit()):
+                self.replies.append(line)
+            elif wanted is not None and line == b"END":  # a fetch's miss
+                self.replies.append(None)
+            else:
+                self.replies.append(_reply_error(line, self.node.name))
+        self.need = 0
+        self.group = 1
+        del buf[:end]
 
 
-def _alone_result(exchange: _Exchange[_N]) -> tuple[object, dict[_N, list[_Task]]]:
-    """The result (or error) of an :func:`_alone` exchange once run, and what is left to run.
+def _lone_result(job: _Job[object], exchange: _Lone[_N]) -> tuple[object, dict[_N, list[_Task]]]:
+    """The result (or error) of a :class:`_Lone` exchange once run, and what is left to run.
 
     Something is left when the command sends another request (a store refused
     as too large deletes the old value): its queue then runs as rounds do.
     """
     if exchange.error is not None:
-        return exchange.error_for(0), {}
-    task, reply = exchange.tasks[0], exchange.replies[0]
-    finish = task.finish
-    if finish is not None and (reply is None or type(reply) is tuple):
+        request = exchange.request
+        if type(request) is _Line and exchange.sent == len(exchange.out):
+            return exchange._unknown(request.verb, request.key), {}  # a write sent in full
+        return exchange.error, {}
+    reply = exchange.replies[0]
+    finish = job.finish
+    assert finish is not None
+    if reply is None or type(reply) is tuple:
         return finish(reply), {}  # a fetch's item or miss, whose finish cannot fail
-    results: list[object] = [None]
+    if type(reply) is bytes:  # an expected reply line
+        try:
+            return finish(reply), {}
+        except CacheORMError as err:  # a set answered NOT_STORED, say (as _advance does)
+            if isinstance(err, BackendError) and err.server is None:
+                err.server = exchange.node.name
+            return err, {}
+    # An error reply: a store refused as too large sends another request.
+    task, results = _Task(0, job), cast("list[object]", [None])
     if _advance(task, reply, results, exchange.node.name):
         return results, {exchange.node: [task]}
     return results[0], {}
