@@ -550,7 +550,7 @@ def _plan_rmw(
                 raise NotFound(f"{schema.name} {key!r} not found") from None
             raise
         if isinstance(edit, dict):  # checked by _check_changes, before the read
-            new = schema.evolve(old, edit, checked=True)
+            new = schema.evolve(old, edit, checked=True, prepared=True)  # old: decoded
             may_move = False  # no key field among the changes: old's key, checked by _decode
         else:
             new = schema.prepare((yield from invoke(edit, old)))

@@ -985,12 +985,21 @@ class Schema(Generic[R, K]):
                 "insert a new record and delete the old one"
             )
 
-    def evolve(self, record: R, changes: Mapping[str, object], *, checked: bool = False) -> R:
+    def evolve(
+        self,
+        record: R,
+        changes: Mapping[str, object],
+        *,
+        checked: bool = False,
+        prepared: bool = False,
+    ) -> R:
         """A prepared copy of ``record`` with ``changes`` applied.
 
         ``checked=True``: the caller already passed ``changes`` through
         :meth:`check_changes` (an update checks them once, before its first
-        read, not again on every compare-and-set attempt).
+        read, not again on every compare-and-set attempt). With ``prepared=True``
+        too (``record`` is as :meth:`prepare` or a read returns it), only the
+        changed values of a NamedTuple are prepared again.
 
         Raises:
             ValidationError: ``record`` is not an R, or :meth:`check_changes`
@@ -1000,6 +1009,8 @@ class Schema(Generic[R, K]):
         if not checked:
             self.check_changes(changes)
         codec = self._codec
+        if prepared and checked and codec.kind is _Kind.NAMEDTUPLE and None not in changes.values():
+            return self._changed(record, changes)
         if codec.kind is _Kind.TYPEDDICT:
             try:
                 merged = {**codec.as_mapping(record), **changes}
@@ -1012,11 +1023,8 @@ class Schema(Generic[R, K]):
             except ValidationError as err:
                 raise ValidationError(f"{self.name}: {err}") from err
         # A NamedTuple's values without values_of's copy (a tuple, then this list).
-        values = list(
-            cast("Sequence[object]", record)  # a NamedTuple: a tuple
-            if codec.kind is _Kind.NAMEDTUPLE
-            else codec.values_of(record)
-        )
+        named = codec.kind is _Kind.NAMEDTUPLE
+        values = list(cast("Sequence[object]", record) if named else codec.values_of(record))
         index = codec.index
         for name, value in changes.items():  # names known: check_changes passed them
             values[index[name]] = value
@@ -1025,6 +1033,20 @@ class Schema(Generic[R, K]):
         except Exception as err:
             raise ValidationError(f"{self.name}: the changes were rejected: {err}") from err
         return self.prepare(cast("R", candidate))
+
+    def _changed(self, record: R, changes: Mapping[str, object]) -> R:
+        """:meth:`evolve` of a prepared NamedTuple record by checked changes, none ``None``.
+
+        Each field of a NamedTuple is prepared on its own (``None`` aside, which
+        a schema default may fill): the record's own are, and check_changes
+        prepared these values once already, so preparing them cannot fail.
+        """
+        codec = self._codec
+        values = list(cast("Sequence[object]", record))
+        index, fields = codec.index, codec.fields
+        for name, value in changes.items():
+            values[index[name]] = fields[name].prepare(value)
+        return cast("R", codec.build(values))
 
     def with_key(self, record: R, key: int) -> R:
         """A copy of ``record`` with its (AutoField) key set to ``key``.

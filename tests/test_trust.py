@@ -630,7 +630,12 @@ def test_check_changes_raises_exactly_when_evolve_does(changes: dict[str, object
     except co.ValidationError as err:
         refused = str(err)
     if refused is None:
-        ROW.evolve(ROW_RECORD, changes)
+        evolved = ROW.evolve(ROW_RECORD, changes)
+        # An update's shortcut for a record read back: the same record, the same types.
+        read = ROW.prepare(ROW_RECORD)
+        shortcut = ROW.evolve(read, changes, checked=True, prepared=True)
+        assert shortcut == evolved
+        assert list(map(type, shortcut)) == list(map(type, evolved))
     else:
         with pytest.raises(co.ValidationError) as info:
             ROW.evolve(ROW_RECORD, changes)
