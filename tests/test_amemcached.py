@@ -276,11 +276,20 @@ def test_a_call_cancelled_at_any_moment_leaves_the_next_call_correct(
         aio = co.AsyncMemcachedBackend(addresses, max_connections=4)
         await aio.set_many(values)
         await aio.set(b"n", b"0")
+        # Cancel at random moments within each kind of call, however fast it runs here.
+        lasts = []
+        for kind in range(3):
+            started = time.perf_counter()
+            for _ in range(5):
+                await _work(aio, kind, values)
+            lasts.append((time.perf_counter() - started) / 5)
+        await aio.set(b"n", b"0")
         counted = 0
         for attempt in range(300):
             kind = attempt % 3
             work = _work(aio, kind, values)
-            if await _interrupted(work, rng.random() * 0.002, from_inside=attempt % 2 == 0):
+            delay = rng.random() * 1.5 * lasts[kind]
+            if await _interrupted(work, delay, from_inside=attempt % 2 == 0):
                 cancelled += 1
             else:
                 counted += kind == 1
