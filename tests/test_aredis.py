@@ -392,6 +392,35 @@ def test_values_of_every_size_arrive_whole(urls: str) -> None:
     run(main())
 
 
+_ARGS = st.one_of(
+    st.binary(max_size=8),
+    st.binary(min_size=4094, max_size=4098),  # about the size framed in one format
+    st.text(max_size=8),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+)
+
+
+_COMMANDS = st.lists(
+    st.tuples(st.sampled_from(["GET", "SET", "EVALSHA"]), st.lists(_ARGS, max_size=5)).map(
+        lambda named: (named[0], *named[1])
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_COMMANDS)
+def test_commands_are_packed_as_redis_py_packs_them(commands: list[tuple[object, ...]]) -> None:
+    # redis-py leaves these two unannotated.
+    packer = redis.connection.Connection()  # type: ignore[no-untyped-call]
+    expected = b"".join(
+        b"".join(packer.pack_command(*command))  # type: ignore[no-untyped-call]
+        for command in commands
+    )
+    assert resp.pack(commands) == expected
+
+
 _REPLIES = st.lists(
     st.one_of(
         st.binary(max_size=40).map(lambda v: (b"$%d\r\n%b\r\n" % (len(v), v), v)),

@@ -12,7 +12,7 @@ redis-py's parser makes (``parse_error``), so the plans of
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 ParseError: TypeAlias = Callable[[str], Exception]
 """redis-py's ``BaseParser.parse_error``: an error line's text -> its exception instance."""
@@ -54,7 +54,7 @@ def pack(commands: Iterable[tuple[object, ...]]) -> bytes:
     for args in commands:
         if len(args) == 2:  # GET, DEL, EXISTS... of a key: one format (a batch's many)
             name, key = args
-            if type(key) is bytes and type(name) is str:
+            if type(key) is bytes and type(name) is str and len(key) < _COPIED:
                 head = _NAMES.get(name)
                 if head is not None:
                     add(b"*2\r\n%b$%d\r\n%b\r\n" % (head, len(key), key))
@@ -70,11 +70,23 @@ def pack(commands: Iterable[tuple[object, ...]]) -> bytes:
                         _NAMES[arg] = head
                 add(head)
                 continue
-            data = arg if type(arg) is bytes else _arg(arg)
-            add(b"$%d\r\n" % len(data))
-            add(data)
-            add(b"\r\n")
+            if type(arg) is bytes:
+                data = arg
+            elif type(arg) is int:  # a TTL, a delta: not bool, which _arg takes
+                data = b"%d" % arg
+            else:
+                data = _arg(arg)
+            if len(data) < _COPIED:  # one format, not three pieces joined
+                add(b"$%d\r\n%b\r\n" % (len(data), data))
+            else:  # a large value is copied once, by the join
+                add(b"$%d\r\n" % len(data))
+                add(data)
+                add(b"\r\n")
     return b"".join(out)
+
+
+_COPIED: Final = 4096
+"""Arguments shorter than this are framed in one format (a copy); longer ones are not."""
 
 
 _NAMES: dict[str, bytes] = {}
