@@ -230,6 +230,15 @@ class _Line(NamedTuple):
     replies: frozenset[bytes]
     """The answers that are not errors (for counters, a number as well)."""
 
+    def framed(self, prefix: bytes) -> bytes:
+        """The command as sent, its key under a client's key ``prefix``."""
+        return self.verb + b" " + prefix + self.key + self.tail
+
+    def answered_by(self, line: bytes) -> bool:
+        """Whether ``line`` answers the command (else it is an error reply)."""
+        replies = self.replies
+        return line in replies or (replies is _COUNTER_REPLIES and line.isdigit())
+
 
 class _Listing(NamedTuple):
     """A command answered with lines and ``END`` (``stats``, ``lru_crawler metadump all``).
@@ -672,7 +681,7 @@ class _Exchange(Generic[_N]):
                 self.ends = [len(self.out)]
                 return
             if type(request) is _Line:
-                self.out = request.verb + b" " + prefix + request.key + request.tail
+                self.out = request.framed(prefix)
                 self.groups = [(0, 1, None)]
                 self.ends = [len(self.out)]
                 return
@@ -684,7 +693,7 @@ class _Exchange(Generic[_N]):
         while index < count:
             request = tasks[index].request
             if isinstance(request, _Line):
-                part = request.verb + b" " + prefix + request.key + request.tail
+                part = request.framed(prefix)
                 stop, wanted = index + 1, None
             elif isinstance(request, _Listing):
                 part, stop, wanted = request.command + b"\r\n", index + 1, _LISTING
@@ -857,8 +866,7 @@ class _Exchange(Generic[_N]):
             _Desync: ``line`` answers no command of that kind.
         """
         if wanted is None:
-            request = cast("_Line", self.tasks[start].request)
-            if line in request.replies or (request.replies is _COUNTER_REPLIES and line.isdigit()):
+            if cast("_Line", self.tasks[start].request).answered_by(line):
                 self.replies.append(line)
             else:
                 self.replies.append(_reply_error(line, self.node.name))
@@ -2013,12 +2021,9 @@ def _advance(
             task.finish, task.steps = None, _refused(task.request.key, reply)
             task.request = next(task.steps)
             return True
-        try:
-            results[task.slot] = reply if isinstance(reply, CacheORMError) else finish(reply)
-        except CacheORMError as err:
-            if isinstance(err, BackendError) and err.server is None:
-                err.server = server
-            results[task.slot] = err
+        results[task.slot] = (
+            reply if isinstance(reply, CacheORMError) else _finished(finish, reply, server)
+        )
         return False
     assert task.steps is not None
     try:
@@ -2035,6 +2040,17 @@ def _advance(
         results[task.slot] = err
         return False
     return True
+
+
+def _finished(finish: Callable[[_Reply], object], reply: _Reply, server: str | None) -> object:
+    """A command's result of its one reply: ``finish(reply)``, or the error it raised
+    (a ``set`` answered ``NOT_STORED``), naming the server."""
+    try:
+        return finish(reply)
+    except CacheORMError as err:
+        if isinstance(err, BackendError) and err.server is None:
+            err.server = server
+        return err
 
 
 def _round(
@@ -2217,7 +2233,6 @@ def _enqueue(
 
 _ONE_REPLY: Final[list[tuple[int, int, frozenset[bytes] | None]]] = [(0, 1, None)]
 """The groups of a :class:`_Lone` exchange: one reply, so it is done once ``group`` is 1."""
-_NO_REPLIES: Final[frozenset[bytes]] = frozenset()
 
 
 class _Lone(_Exchange[_N]):
@@ -2229,31 +2244,20 @@ class _Lone(_Exchange[_N]):
     :func:`_lone_result`.
     """
 
-    __slots__ = ("expected", "request", "wanted")
+    __slots__ = ("request", "wanted")
 
     def __init__(self, node: _N, job: _Job[object]) -> None:
-        self.node = node
-        self.sent = 0
-        self.buf = bytearray()
-        self.need = 0
-        self.group = 0
+        self._begin(node, [])  # no tasks: the job's request is framed here
         self.groups = _ONE_REPLY
-        self.replies = []
-        self.error = None
-        self.reason = ""
-        self.deadline = math.inf
         request = cast("_Fetch | _Line", job.request)
         self.request = request
         if type(request) is _Fetch:
             key = node.prefix + request.key
             self.wanted: tuple[bytes] | None = (key,)  # the key of the one item it may get
-            self.expected: frozenset[bytes] = _NO_REPLIES
             self.out = (b"gets " if request.cas else b"get ") + key + b"\r\n"
         else:
-            line = cast("_Line", request)
             self.wanted = None
-            self.expected = line.replies  # the reply lines that are not errors
-            self.out = line.verb + b" " + node.prefix + line.key + line.tail
+            self.out = cast("_Line", request).framed(node.prefix)
 
     def parse(self) -> None:
         """Take the reply off the buffer once it is complete.
@@ -2276,11 +2280,10 @@ class _Lone(_Exchange[_N]):
         else:
             line = bytes(buf[:eol])
             end = eol + 2
-            expected = self.expected
-            if line in expected or (expected is _COUNTER_REPLIES and line.isdigit()):
+            if wanted is not None:  # a fetch's miss, or an error
+                self.replies.append(None if line == b"END" else _reply_error(line, self.node.name))
+            elif cast("_Line", self.request).answered_by(line):
                 self.replies.append(line)
-            elif wanted is not None and line == b"END":  # a fetch's miss
-                self.replies.append(None)
             else:
                 self.replies.append(_reply_error(line, self.node.name))
         self.need = 0
@@ -2300,17 +2303,9 @@ def _lone_result(job: _Job[object], exchange: _Lone[_N]) -> tuple[object, dict[_
             return exchange._unknown(request.verb, request.key), {}  # a write sent in full
         return exchange.error, {}
     reply = exchange.replies[0]
-    finish = job.finish
-    assert finish is not None
-    if reply is None or type(reply) is tuple:
-        return finish(reply), {}  # a fetch's item or miss, whose finish cannot fail
-    if type(reply) is bytes:  # an expected reply line
-        try:
-            return finish(reply), {}
-        except CacheORMError as err:  # a set answered NOT_STORED, say (as _advance does)
-            if isinstance(err, BackendError) and err.server is None:
-                err.server = exchange.node.name
-            return err, {}
+    if not isinstance(reply, CacheORMError):
+        assert job.finish is not None
+        return _finished(job.finish, reply, exchange.node.name), {}
     # An error reply: a store refused as too large sends another request.
     task, results = _Task(0, job), cast("list[object]", [None])
     if _advance(task, reply, results, exchange.node.name):
