@@ -17,8 +17,8 @@ layers (a pool lock, packing, ``wait_for`` per write and per read, events
 and metrics hooks, a coroutine per reply) cost more CPU than a whole
 cacheorm call: measured at 50 tasks, a ``get`` of a 6-field record took
 68 µs of CPU through them against 53 µs for raw ``redis.asyncio`` alone,
-and 45 µs through this module. Connections are kept per server, at most ``max_connections`` in
-use per backend.
+and 45 µs through this module. Connections are kept per server, at most
+``max_connections`` in use per backend.
 
 Cancellation. A call cancelled at any ``await`` (``task.cancel()``,
 ``asyncio.timeout``) while its commands are out first waits for their
