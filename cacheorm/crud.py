@@ -528,15 +528,20 @@ def exists(repo: Repo[R, K], key: K, /) -> Plan[bool]:
     return raw is not None and not _is_absence(raw, bkey)
 
 
-def _plan_rmw(
-    repo: Repo[R, K], key: K, bkey: bytes, edit: dict[str, object] | Callable[[R], R]
-) -> Plan[R]:
-    """Atomic read-modify-write of ``key`` (stored as ``bkey``) on the backend's CAS.
+def _plan_rmw(repo: Repo[R, K], key: K, edit: dict[str, object] | Callable[[R], R]) -> Plan[R]:
+    """Atomic read-modify-write of ``key`` on the backend's CAS.
 
-    ``edit`` is the changes of :func:`update`, or the user's function of
-    :func:`modify` (called through the driver, maybe several times).
+    ``edit`` is the changes of :func:`update`, checked before anything is read
+    (see :func:`_check_changes`), or the user's function of :func:`modify`
+    (called through the driver, maybe several times). The public functions
+    return this plan itself, not a generator delegating to it: one frame less
+    on each of its steps.
     """
     schema = repo.schema
+    if isinstance(edit, dict):
+        bkey = _check_changes(repo, key, edit)
+    else:
+        bkey = schema.encode_key(key, repo.namespace)
     ttl = repo.ttl if repo.refresh_ttl_on_update else KEEP_TTL
     for attempt in range(MAX_CAS_ATTEMPTS):
         (got,) = yield [Gets(bkey)]
@@ -601,14 +606,12 @@ def update(repo: Repo[R, K], key: K, /, **changes: object) -> Plan[R]:
         BackendError: the server is unreachable, in either ``on_backend_error``
             mode: nothing was written.
     """
-    bkey = _check_changes(repo, key, changes)
-    return (yield from _plan_rmw(repo, key, bkey, changes))  # **changes: a dict of our own
+    return _plan_rmw(repo, key, changes)  # **changes: a dict of our own
 
 
 def _plan_update(repo: Repo[R, K], key: K, changes: Mapping[str, object]) -> Plan[R]:
     """:func:`update` with the changes as a mapping (for :func:`update_many`)."""
-    bkey = _check_changes(repo, key, changes)
-    return (yield from _plan_rmw(repo, key, bkey, dict(changes)))
+    return _plan_rmw(repo, key, dict(changes))
 
 
 @declare(multi_phase=True)
@@ -620,8 +623,7 @@ def modify(repo: Repo[R, K], key: K, fn: Callable[[R], R], /) -> Plan[R]:
     Raises:
         NotFound, DecodeError, ConflictError, BackendError: as for :func:`update`.
     """
-    bkey = repo.schema.encode_key(key, repo.namespace)
-    return (yield from _plan_rmw(repo, key, bkey, fn))
+    return _plan_rmw(repo, key, fn)
 
 
 def _changes_copy(changes: Mapping[K, Mapping[str, object]]) -> dict[K, dict[str, object]]:

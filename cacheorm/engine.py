@@ -74,6 +74,7 @@ from cacheorm.backends.base import (
     Get,
     Gets,
     Has,
+    Set,
     apply,
     apply_async,
 )
@@ -679,17 +680,30 @@ async def run_one_async(
     releases its lock: the cancellation has been delivered, so that phase
     runs); then it reaches the caller.
     """
-    answer: list[object] | BaseException | None = None  # None: start the plan
+    # The common phase (one command to an AsyncBackend, no outage to observe) is
+    # awaited here, without send_phase_async's frame; a Set answers True, as in apply.
+    lone = not miss_on_error and not direct
+    aio_backend = cast("AsyncBackend", backend)  # used only when not direct
+    answer: list[object] | BaseException
     try:
+        step = next(plan)
         while True:  # ends with the StopIteration that carries the plan's result
-            step = _resume(plan, answer)
             if isinstance(step, list):
                 try:
-                    answer = await send_phase_async(backend, step, miss_on_error, direct)
+                    if lone and len(step) == 1:
+                        command = step[0]
+                        if type(command) is Set:
+                            await aio_backend.set(command.key, command.value, command.ttl)
+                            answer = [True]
+                        else:
+                            answer = [await apply_async(aio_backend, command)]
+                    else:
+                        answer = await send_phase_async(backend, step, miss_on_error, direct)
                 except (CacheORMError, asyncio.CancelledError) as err:
                     answer = err
             else:
                 answer = await _carry_out(step)
+            step = plan.throw(answer) if isinstance(answer, BaseException) else plan.send(answer)
     except StopIteration as stop:
         result: T = stop.value
         return result
