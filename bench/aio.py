@@ -37,7 +37,7 @@ import redis.asyncio
 
 import cacheorm as co
 from bench.records import ROW, Row, raw_dict, row, unpack
-from cacheorm import aio
+from cacheorm import aio, crud
 from tests.servers import start_memcached_many, start_redis
 
 ROUNDS = 20
@@ -261,8 +261,14 @@ async def _memcached_rows(
     store: Callable[[bytes, bytes], Awaitable[object]],
     gets: Callable[[bytes], Awaitable[tuple[bytes, Token]]],
     cas: Callable[[bytes, bytes, Token], Awaitable[object]],
+    *,
+    floor: bool = False,
 ) -> None:
-    """The four rows against one raw memcached client, given its primitives on ``keys``."""
+    """The four rows against one raw memcached client, given its primitives on ``keys``.
+
+    ``floor``: the client is the bare streams one; a diagnostic row follows
+    (:func:`hand_written_update`).
+    """
     backend = co.AsyncMemcachedBackend(servers=[address])
     repo = co.Repo(ROW, backend=backend, serializer="msgpack")
     pack = msgpack.packb
@@ -282,8 +288,37 @@ async def _memcached_rows(
             repo, lambda t: get(keys[t]), get_many, lambda t, v: store(keys[t], v), raw_update
         )
         await run_rows(title, pairs)
+        if floor:
+            print("  (diagnostic: update's own work written by hand, without plans or driver)")
+            print_single(
+                "update, hand-written",
+                *await compare_single(hand_written_update(repo, backend), raw_update, 2000),
+            )
     finally:
         await backend.aclose()
+
+
+def hand_written_update(repo: co.Repo[Row, int], backend: co.AsyncMemcachedBackend) -> Call:
+    """``aio.update(repo, t, score=2.5)``'s work written out on the same client.
+
+    What any update that checks what it reads must do: check the change,
+    ``gets``, decode and check the record against its key, apply the change,
+    encode, ``cas``; none of the plan, driver or twin machinery. It times how
+    close to the bare streams client a validating update can come at all.
+    """
+    schema = repo.schema
+    change = {"score": 2.5}
+
+    async def update(t: int) -> object:
+        bkey = schema.encode_key(t, repo.namespace)
+        schema.check_changes(change)
+        got = await backend.gets(bkey)
+        assert got is not None
+        old = crud._decode(repo, got[0], t, bkey)
+        new = schema.evolve(old, change, checked=True, prepared=True)
+        return await backend.cas(bkey, crud._encode(repo, new, bkey), got[1], co.KEEP_TTL)
+
+    return update
 
 
 async def bench_memcached(address: tuple[str, int]) -> None:
@@ -299,6 +334,7 @@ async def bench_memcached(address: tuple[str, int]) -> None:
             client.set,
             client.gets,
             client.cas,
+            floor=True,
         )
     finally:
         await client.close()
