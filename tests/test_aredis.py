@@ -499,48 +499,6 @@ def test_one_backend_serves_successive_event_loops(urls: str) -> None:
     run(backend.aclose())
 
 
-# -- timing (printed, for the report) ---------------------------------------------------
-
-
-@pytest.mark.timeout(60)
-def test_overhead_against_raw_redis_asyncio(server: RedisServer) -> None:
-    keys = [b"t:%d" % i for i in range(100)]
-
-    async def per_call(call: Callable[[], Awaitable[object]], n: int) -> float:
-        started = time.perf_counter()
-        for _ in range(n):
-            await call()
-        return (time.perf_counter() - started) / n * 1e6
-
-    async def main() -> dict[str, tuple[float, float]]:
-        backend = co.AsyncRedisBackend(url=server.url)
-        raw = redis.asyncio.Redis(host=server.host, port=server.port, socket_timeout=2)
-        await raw.mset({key: b"x" * 100 for key in keys})
-        pairs: dict[str, tuple[Callable[[], Awaitable[object]], ...]] = {
-            "get": (lambda: backend.get(keys[0]), lambda: raw.get(keys[0])),
-            "get_many(100)": (lambda: backend.get_many(*keys), lambda: raw.mget(keys)),
-        }
-        found = {}
-        for name, (ours, theirs) in pairs.items():
-            # Interleaved chunks, best of each: the least disturbed by other processes.
-            mine: list[float] = []
-            raws: list[float] = []
-            for _ in range(10):
-                mine.append(await per_call(ours, 100))
-                raws.append(await per_call(theirs, 100))
-            found[name] = (min(mine), min(raws))
-        await raw.aclose()
-        await backend.aclose()
-        return found
-
-    found = run(main())
-    print(
-        " ".join(f"{name}: {ours:.1f}us vs raw {raw:.1f}us;" for name, (ours, raw) in found.items())
-    )
-    ours, raw = found["get"]
-    assert ours < raw * 1.5  # a loose guard against a regression; the bench has the target
-
-
 # -- a cluster of our own: a frozen master, a slot migrated key by key ------------------
 
 
