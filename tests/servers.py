@@ -257,6 +257,12 @@ class RedisServer:
         self._proc.stop()
 
 
+def _slot_ranges(node: redis.Redis) -> list[tuple[int, int, int]]:
+    """``CLUSTER SLOTS`` as ``node`` sees it: first slot, last slot, the master's port."""
+    reply = node.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    return [(int(start), int(end), int(master[1])) for start, end, master, *_ in reply]
+
+
 @dataclass
 class RedisCluster:
     """A three-master Redis Cluster (no replicas) we started."""
@@ -279,6 +285,40 @@ class RedisCluster:
         for port in self.ports:
             with self.node_client(port) as client:
                 client.flushall()
+
+    def owners(self) -> dict[int, int]:
+        """The port of the master serving each slot, as node ``ports[0]`` sees the map."""
+        with self.node_client(self.ports[0]) as node:
+            ranges = _slot_ranges(node)
+        return {slot: owner for start, end, owner in ranges for slot in range(start, end + 1)}
+
+    def retire(self, port: int, into: int) -> None:
+        """Hand every slot of master ``port`` (its keys deleted) to master ``into``.
+
+        The node keeps running, but the slot map no longer names it: what a
+        client sees when a master is scaled in. Returns once every node's map
+        agrees.
+        """
+        slots = [slot for slot, owner in self.owners().items() if owner == port]
+        with self.node_client(port) as leaving:
+            leaving.flushall()
+        with self.node_client(into) as taking:
+            target = taking.execute_command("CLUSTER MYID")
+        for each in [into, port, *(p for p in self.ports if p not in (into, port))]:
+            with self.node_client(each) as node:
+                pipe = node.pipeline(transaction=False)
+                for slot in slots:
+                    pipe.execute_command("CLUSTER SETSLOT", slot, "NODE", target)
+                pipe.execute()
+
+        def agreed() -> bool:
+            for each in self.ports:
+                with self.node_client(each) as node:
+                    if any(owner == port for _, _, owner in _slot_ranges(node)):
+                        return False
+            return True
+
+        _wait_until(agreed, self._procs, "redis cluster slot hand-over", _START_TIMEOUT)
 
     def stop(self) -> None:
         for proc in self._procs:

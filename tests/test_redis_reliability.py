@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -34,6 +35,7 @@ from tests.workers import Forked
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from tests.servers import RedisCluster, RedisServer
 
@@ -502,3 +504,69 @@ def test_a_forked_child_never_uses_the_parents_kept_connection(
     finally:
         forked.reap()
         backend.close()
+
+
+# -- 6. a master that leaves the cluster ------------------------------------------------
+
+
+def _clients_of(cluster: RedisCluster, port: int) -> int:
+    """How many client connections master ``port`` has open, besides the one asking."""
+    with cluster.node_client(port) as node:
+        return sum(1 for client in node.client_list() if client["cmd"] != "client|list")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_connections_to_a_master_that_left_the_cluster_are_closed(
+    kind: str, tmp_path: Path
+) -> None:
+    """A master scaled in (its slots handed over) keeps no connection of ours open.
+
+    The backend keeps connections between calls. A ``MOVED`` makes it re-read
+    the slot map in the background; then those to a server the map no longer
+    names are closed, not left open until ``close()``, and the remaining
+    masters serve every key.
+    """
+    made = start_redis_cluster([tmp_path / f"n{i}" for i in range(3)])
+    url = f"redis+cluster://{made.host}:{made.ports[0]}"
+    leaving, taking = made.ports[2], made.ports[0]
+    keys = [b"k:%d" % i for i in range(60)]
+    owners = made.owners()
+    moved = next(key for key in keys if owners[key_slot(key)] == leaving)
+
+    def gone() -> bool:
+        return _clients_of(made, leaving) == 0
+
+    try:
+        if kind == "sync":
+            backend = RedisBackend(url=url)
+            backend.set_many({key: key for key in keys})  # a connection to every master, kept
+            assert not gone()
+            made.retire(leaving, into=taking)
+            assert backend.get(moved) is None  # MOVED: followed, and the map is re-read
+            deadline = time.monotonic() + 10
+            while not gone() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert gone()
+            backend.set_many({key: key for key in keys})
+            assert backend.get_many(*keys) == keys
+            backend.close()
+        else:
+
+            async def scenario() -> None:
+                backend = co.AsyncRedisBackend(url=url)
+                await backend.set_many({key: key for key in keys})
+                assert not gone()
+                made.retire(leaving, into=taking)
+                assert await backend.get(moved) is None
+                deadline = time.monotonic() + 10
+                while not gone() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)  # the map is re-read by a task of this loop
+                assert gone()
+                await backend.set_many({key: key for key in keys})
+                assert await backend.get_many(*keys) == keys
+                await backend.aclose()
+
+            asyncio.run(scenario())
+    finally:
+        made.stop()

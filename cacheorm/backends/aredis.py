@@ -573,10 +573,16 @@ class AsyncRedisBackend(RedisSetup):
     async def _refresh(self, failed: str | None) -> None:
         """Re-read the cluster's slot map (asking the failed node last); errors are logged."""
         assert self._cluster is not None
+        manager = self._cluster.nodes_manager
         try:
-            await self._cluster.nodes_manager.initialize(last_failed_node_name=failed)
+            await manager.initialize(last_failed_node_name=failed or None)
         except self._errors as err:
             logger.debug("redis cluster slot map refresh failed: %r", err)
+            return
+        # Idle connections to servers the new map no longer names: closed now, not at aclose.
+        for server in [name for name in self._idle if name not in manager.nodes_cache]:
+            if server not in self._new_nodes:
+                self._drop(server)
 
     # -- the AsyncBackend protocol -----------------------------------------------
 

@@ -302,12 +302,15 @@ _Kept: TypeAlias = "dict[_Pool, list[tuple[_Connection, float]]]"
 """Per pool, the connections a :class:`RedisBackend` keeps, each with when it was last used."""
 
 
-def _give_back(kept: _Kept) -> None:
-    """Return kept connections to their pools (at ``close`` or when the backend is collected)."""
+def _give_back(kept: _Kept, disconnect: bool = False) -> None:
+    """Return kept connections to their pools (at ``close`` or when the backend is collected),
+    or, ``disconnect``, close them first (their server left the cluster)."""
     for pool, idle in list(kept.items()):
         while idle:
             connection, _ = idle.pop()
             with contextlib.suppress(Exception):  # a pool already closed, or of a dead fork
+                if disconnect:
+                    connection.disconnect()
                 pool.release(connection)
     kept.clear()
 
@@ -564,6 +567,7 @@ class Refresh(NamedTuple):
     """Re-read the slot map soon, without making the call wait; answer ``None``."""
 
     failed: str
+    """The server that failed, asked for the map last; ``""`` after a ``MOVED`` (none failed)."""
 
 
 class Primaries(NamedTuple):
@@ -779,6 +783,8 @@ class RedisCore:
                 yield Moved(moved)
             if done.failed is not None and self.cluster:
                 yield Refresh(done.failed)
+            elif done.moved:  # slots changed hands: the whole map is re-read in the background,
+                yield Refresh("")  # so a master that left it is let go (its connections closed)
             if done.resent:
                 yield Pause(_pause(resends))
                 resends += 1
@@ -1546,9 +1552,29 @@ class RedisBackend(RedisSetup):
         """Re-read the cluster's slot map (asking the failed node last); errors are logged."""
         assert self._nodes is not None
         try:
-            self._nodes.initialize(last_failed_node_name=failed)
+            self._nodes.initialize(last_failed_node_name=failed or None)
         except self._errors as err:
             logger.debug("redis cluster slot map refresh failed: %r", err)
+            return
+        self._give_back_departed()
+
+    def _give_back_departed(self) -> None:
+        """Close and give back the kept connections to servers the slot map no longer names.
+
+        They are checked out of their pools, so without this they would stay
+        here (with the departed node's pool) until :meth:`close`, even once
+        redis-py (8.2) has disconnected them. A call that holds one now keeps
+        it; the next refresh gives it back then.
+        """
+        assert self._nodes is not None
+        nodes = [*self._nodes.nodes_cache.values(), *self._new_nodes.values()]
+        live = {
+            node.redis_connection.connection_pool
+            for node in nodes
+            if node.redis_connection is not None
+        }
+        for pool in [pool for pool in list(self._kept) if pool not in live]:  # list: atomic
+            _give_back({pool: self._kept.pop(pool, [])}, disconnect=True)
 
     # -- the Backend protocol -----------------------------------------------
 
