@@ -17,7 +17,10 @@ says why no asyncio client fits), so it is measured twice: against
 streams (a pool of connections, text protocol ``get``/``gets``/``set``/``cas``,
 no key checks, no timeouts: the floor, and the target's reference), and
 against aiomcache, the maintained asyncio client an application would use
-instead (a dev dependency only, for this table).
+instead (a dev dependency only, for this table). Against the bare client, a
+diagnostic row times ``update``'s own work written out by hand on the same
+backend (:func:`hand_written_update`): how close any update that checks what
+it reads can come to the floor (see docs/performance.md).
 """
 
 from __future__ import annotations
