@@ -295,12 +295,14 @@ class RedisCluster:
     def retire(self, port: int, into: int) -> None:
         """Hand every slot of master ``port`` (its keys deleted) to master ``into``.
 
-        The node keeps running, but the slot map no longer names it: what a
-        client sees when a master is scaled in. Returns once every node's map
-        agrees.
+        The node keeps running, an empty master, but the slot map no longer
+        names it: what a client sees when a master is scaled in. Returns once
+        every node's map agrees.
         """
         slots = [slot for slot, owner in self.owners().items() if owner == port]
         with self.node_client(port) as leaving:
+            # Else a master left without slots makes itself a replica of their new owner.
+            leaving.config_set("cluster-allow-replica-migration", "no")
             leaving.flushall()
         with self.node_client(into) as taking:
             target = taking.execute_command("CLUSTER MYID")
