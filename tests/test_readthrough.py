@@ -308,7 +308,11 @@ def test_a_slow_key_held_by_another_caller_does_not_hold_up_the_others(
 
     def slow(name: str) -> Person:  # another caller's loader, holding Slow's lock
         loading.set()
-        time.sleep(0.6)  # long enough for the other caller's own keys to be loaded and stored
+        # Held until the other caller's own keys are stored (for at most 10 s: a caller
+        # that waited for Slow before storing them would show None for both below).
+        deadline = time.monotonic() + 10
+        while None in co.get_many(people, ["A", "B"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
         seen_while_loading.append(co.get_many(people, ["A", "B"]))
         return Person(name, 9.0)
 
