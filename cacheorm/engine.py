@@ -74,7 +74,6 @@ from cacheorm.backends.base import (
     Get,
     Gets,
     Has,
-    Set,
     apply,
     apply_async,
 )
@@ -565,11 +564,11 @@ async def send_phase_async(
     miss_on_error: bool,
     direct: bool,
 ) -> list[object]:
-    """:func:`send_phase` for the async driver (see :func:`dispatch_async`)."""
-    if not miss_on_error and len(commands) == 1 and not direct:
-        # The common case (one command, no outage to observe), without a frame more.
-        aio_backend = cast("AsyncBackend", backend)
-        return [await apply_async(aio_backend, commands[0])]
+    """:func:`send_phase` for the async driver (see :func:`dispatch_async`).
+
+    Its commonest case, one command with no outage to observe, is awaited by
+    :func:`run_one_async` itself, a frame less.
+    """
     gate = Outage.gate(backend, commands) if miss_on_error else None
     try:
         sent = commands if gate is None else gate.sent
@@ -681,7 +680,7 @@ async def run_one_async(
     runs); then it reaches the caller.
     """
     # The common phase (one command to an AsyncBackend, no outage to observe) is
-    # awaited here, without send_phase_async's frame; a Set answers True, as in apply.
+    # awaited here, without send_phase_async's frame.
     lone = not miss_on_error and not direct
     aio_backend = cast("AsyncBackend", backend)  # used only when not direct
     answer: list[object] | BaseException
@@ -691,12 +690,7 @@ async def run_one_async(
             if isinstance(step, list):
                 try:
                     if lone and len(step) == 1:
-                        command = step[0]
-                        if type(command) is Set:
-                            await aio_backend.set(command.key, command.value, command.ttl)
-                            answer = [True]
-                        else:
-                            answer = [await apply_async(aio_backend, command)]
+                        answer = [await apply_async(aio_backend, step[0])]
                     else:
                         answer = await send_phase_async(backend, step, miss_on_error, direct)
                 except (CacheORMError, asyncio.CancelledError) as err:

@@ -580,9 +580,9 @@ class AsyncRedisBackend(RedisSetup):
             logger.debug("redis cluster slot map refresh failed: %r", err)
             return
         # Idle connections to servers the new map no longer names: closed now, not at aclose.
-        for server in [name for name in self._idle if name not in manager.nodes_cache]:
-            if server not in self._new_nodes:
-                self._drop(server)
+        known = manager.nodes_cache.keys() | self._new_nodes.keys()
+        for server in [name for name in self._idle if name not in known]:
+            self._drop(server)
 
     # -- the AsyncBackend protocol -----------------------------------------------
 
