@@ -515,13 +515,7 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClust
 
 def owner(cluster: RedisCluster, key: bytes) -> int:
     """The port of the master serving ``key``'s slot."""
-    with cluster.node_client(cluster.ports[0]) as node:
-        slots = command(node, "CLUSTER SLOTS")
-    slot = key_slot(key)
-    for start, end, master, *_ in cast("list[list[object]]", slots):
-        if cast("int", start) <= slot <= cast("int", end):
-            return int(cast("list[int]", master)[1])
-    raise AssertionError(f"slot {slot} has no owner")
+    return cluster.owners()[key_slot(key)]
 
 
 @pytest.mark.timeout(60)
@@ -531,7 +525,8 @@ def test_a_frozen_master_costs_one_timeout_and_only_its_keys(own_cluster: RedisC
     timeout = 0.5
     keys = [b"key:%d" % i for i in range(60)]
     victim = cluster.ports[1]
-    frozen = [key for key in keys if owner(cluster, key) == victim]
+    owners = cluster.owners()
+    frozen = [key for key in keys if owners[key_slot(key)] == victim]
 
     async def main() -> None:
         backend = co.AsyncRedisBackend(url=cluster_url(cluster), socket_timeout=timeout)
